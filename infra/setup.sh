@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, from the package registries only: a Python 3.11 virtualenv with the
+# pinned dependencies (setup.cfg), the Delta Lake jars (infra/jars/pom.xml, from Maven Central) and an
+# Airflow metadata database. A rerun checks stamps and skips what is already in place.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$MODALRANK_ROOT"
+mkdir -p .cache
+started=$(date +%s)
+
+python_bin="${MODALRANK_PYTHON:-python3.11}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $python_bin"
+  "$python_bin" -m venv .venv
+fi
+
+# Reinstall only when setup.cfg changed: pip's resolver alone takes ~20 s even when nothing is missing.
+deps_stamp=".cache/deps.$(sha256sum setup.cfg | cut -c1-16)"
+if [ ! -f "$deps_stamp" ]; then
+  echo "setup: installing Python dependencies (first time: several GB, mostly torch)"
+  .venv/bin/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=70" wheel
+  .venv/bin/python -m pip install --quiet --editable ".[dev]"
+  rm -f .cache/deps.*
+  touch "$deps_stamp"
+else
+  echo "setup: Python dependencies up to date"
+fi
+
+# Only Delta's own jars and Unity Catalog's client: Spark already ships Hadoop, Parquet, Jackson and
+# Scala, and a second copy of those on the classpath breaks it.
+jars_stamp="$MODALRANK_JARS_DIR/.stamp.$(sha256sum infra/jars/pom.xml | cut -c1-16)"
+if [ ! -f "$jars_stamp" ]; then
+  echo "setup: fetching Delta Lake jars into $MODALRANK_JARS_DIR"
+  rm -rf "$MODALRANK_JARS_DIR"
+  mvn --quiet --batch-mode -f infra/jars/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$MODALRANK_JARS_DIR" -DincludeScope=runtime \
+    -DincludeGroupIds=io.delta,io.unitycatalog
+  touch "$jars_stamp"
+else
+  echo "setup: Delta Lake jars up to date"
+fi
+
+airflow_stamp="$AIRFLOW_HOME/.migrated.$(.venv/bin/python -c 'import airflow; print(airflow.__version__)')"
+if [ ! -f "$airflow_stamp" ]; then
+  echo "setup: creating the Airflow metadata database in $AIRFLOW_HOME"
+  mkdir -p "$AIRFLOW_HOME"
+  .venv/bin/airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
+    || { tail -n 30 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+  touch "$airflow_stamp"
+else
+  echo "setup: Airflow database up to date"
+fi
+
+echo "setup: done in $(( $(date +%s) - started )) s"

@@ -1,0 +1,94 @@
+"""`modalrank`: run the pipeline's stages by hand, the same Spark jobs the DAG runs.
+
+For data engineers working without a scheduler. Each subcommand takes the arguments its job takes
+under spark-submit. Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from jobs import ingest
+from jobs.config import load_config
+from jobs.sources import SourceError
+from jobs.spark import MissingJarsError
+
+log = logging.getLogger("modalrank")
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from jobs.demo_data import DemoDataConfig, generate_demo_data
+
+    overrides = {
+        name: value
+        for name, value in {"items": args.items, "users": args.users, "seed": args.seed}.items()
+        if value is not None
+    }
+    summary = generate_demo_data(args.out, DemoDataConfig(**overrides))
+    print(
+        f"demo data in {summary.out_dir}: {summary.items} items ({summary.cold_items} cold), "
+        f"{summary.users} users, {summary.interactions} interactions (+{summary.bad_rows} deliberately bad rows)"
+    )
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from jobs.spark import start_spark
+
+    config = load_config(lake=args.lake)
+    request = ingest.request_from_args(args)
+    spark = start_spark("modalrank-ingest", config)
+    try:
+        report = ingest.run_ingest(spark, config, request)
+    finally:
+        spark.stop()
+    ingest.log_report(report)
+    print(f"ingested ds={report.ds}: report {config.reports_dir / report.ds / 'ingest.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modalrank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo-data", help="write the synthetic demo catalog, media and interactions")
+    demo.add_argument("--out", type=Path, required=True, help="output folder")
+    demo.add_argument("--items", type=int, help="number of items (default 600)")
+    demo.add_argument("--users", type=int, help="number of users (default 300)")
+    demo.add_argument("--seed", type=int, help="random seed (default 7)")
+    demo.set_defaults(handler=_demo_data)
+
+    ingest_parser = commands.add_parser("ingest", help="ingest a catalog and interactions into the lake")
+    ingest.add_arguments(ingest_parser)
+    ingest_parser.set_defaults(handler=_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except (SourceError, MissingJarsError, FileNotFoundError, ValueError) as error:
+        print(f"modalrank {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a Spark or Delta failure: one line here, the details in the log above
+        from pyspark.errors import PySparkException
+
+        if isinstance(error, PySparkException):
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"modalrank {args.command}: spark error: {first_line}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

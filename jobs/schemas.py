@@ -1,0 +1,107 @@
+"""The lake's tables: every table's schema is written here once, and only here.
+
+Each stage reads and writes these tables; the README documents them for downstream consumers. A
+change to a schema is a change to a contract: add nullable columns, never repurpose one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: StructType
+    partition_by: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _field(name: str, kind, nullable: bool = True, comment: str = "") -> StructField:
+    return StructField(name, kind, nullable, metadata={"comment": comment} if comment else {})
+
+
+# The media kinds an item may carry. Each has a path column and a content-hash column in `catalog`.
+MEDIA_KINDS = ("poster", "audio", "video")
+
+CATALOG = TableSpec(
+    name="catalog",
+    description="One row per item: text fields, media paths and a content hash per modality.",
+    schema=StructType(
+        [
+            _field("item_id", LongType(), False, "the source's item id (MovieLens movieId)"),
+            _field("title", StringType(), False),
+            _field("year", IntegerType(), comment="release year when the source gives one"),
+            _field("overview", StringType(), comment="plot text; null when the source has none"),
+            _field("genres", ArrayType(StringType()), False, "sorted as the source lists them"),
+            _field("tags", ArrayType(StringType()), False, "distinct user tags, lower-cased, sorted"),
+            _field("imdb_id", StringType()),
+            _field("tmdb_id", LongType()),
+            _field("poster_path", StringType(), comment="absolute path of the poster image"),
+            _field("audio_path", StringType(), comment="absolute path of the trailer audio track"),
+            _field("video_path", StringType(), comment="absolute path of the trailer video"),
+            _field("text_hash", StringType(), False, "sha256 of title, overview, genres and tags"),
+            _field("poster_hash", StringType(), comment="sha256 of the poster file's bytes"),
+            _field("audio_hash", StringType(), comment="sha256 of the audio file's bytes"),
+            _field("video_hash", StringType(), comment="sha256 of the video file's bytes"),
+            _field("available_from", DateType(), comment="first date the item may be recommended"),
+            _field("source", StringType(), False, "which reader produced the row"),
+            _field("first_seen_ds", DateType(), False, "run date that first ingested the item"),
+            _field("updated_ds", DateType(), False, "run date that last changed its content"),
+            _field("first_seen_at", TimestampType(), False),
+            _field("updated_at", TimestampType(), False),
+        ]
+    ),
+)
+
+INTERACTIONS = TableSpec(
+    name="interactions",
+    description="One row per (user, item, event time, source): explicit ratings or implicit events.",
+    schema=StructType(
+        [
+            _field("user_id", LongType(), False),
+            _field("item_id", LongType(), False),
+            _field("rating", FloatType(), comment="explicit rating; null for implicit events"),
+            _field("weight", FloatType(), False, "implicit-feedback weight; 1.0 unless the source says"),
+            _field("event_time", TimestampType(), False, "UTC"),
+            _field("source", StringType(), False),
+            _field("ingested_ds", DateType(), False, "run date that first ingested the row"),
+        ]
+    ),
+)
+
+QUARANTINE = TableSpec(
+    name="quarantine",
+    description="Every row or item a stage could not use, with the reason. Partitioned by run date.",
+    partition_by=("ds",),
+    schema=StructType(
+        [
+            _field("ds", DateType(), False, "run date"),
+            _field("stage", StringType(), False, "the stage that rejected it, e.g. ingest"),
+            _field("source_file", StringType(), comment="the file the row came from"),
+            _field("item_id", LongType(), comment="the item, when the row names a readable one"),
+            _field("user_id", LongType()),
+            _field("record", StringType(), False, "the rejected row as read (raw line or JSON)"),
+            _field("reason", StringType(), False, "a fixed phrase, so rows group by reason"),
+            _field("quarantined_at", TimestampType(), False),
+        ]
+    ),
+)
+
+ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE)
+
+
+def column_names(spec: TableSpec) -> list[str]:
+    return [field.name for field in spec.schema.fields]

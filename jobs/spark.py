@@ -1,0 +1,91 @@
+"""The one way to start Spark: every job, the CLI, the DAG's spark-submit and the test fixture use it.
+
+`spark_settings(config)` is the single list of Spark settings (Delta, time zone, shuffle size, Python).
+`start_spark()` applies them to a SparkSession; the DAG passes the same settings to spark-submit, so a
+job behaves the same whether Airflow, `spark-submit` or `modalrank` started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jobs.config import PipelineConfig
+
+log = logging.getLogger("modalrank.spark")
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+class MissingJarsError(RuntimeError):
+    """The Delta jars are not in the local cache: set-up has not run."""
+
+
+def delta_jars(config: PipelineConfig) -> list[str]:
+    """The local Delta Lake jars. Runs never download: infra/setup.sh fetches them once."""
+    jars = sorted(str(path) for path in Path(config.jars_dir).glob("*.jar"))
+    if not any(Path(jar).name.startswith("delta-spark_") for jar in jars):
+        raise MissingJarsError(
+            f"no Delta Lake jars in {config.jars_dir}; run `bash infra/setup.sh` first "
+            "(or point MODALRANK_JARS_DIR at a folder holding delta-spark and delta-storage)"
+        )
+    return jars
+
+
+def spark_settings(config: PipelineConfig) -> dict[str, str]:
+    """Spark settings every modalrank session needs, whoever launches it."""
+    settings = {
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        # Event times and run dates are UTC everywhere; never the machine's zone.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
+        "spark.ui.enabled": str(config.spark_ui).lower(),
+        "spark.ui.showConsoleProgress": "false",  # progress bars garble task logs
+        # Python workers must run the interpreter that has the project installed.
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "spark.pyspark.driver.python": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+        # Small tables: fewer snapshot partitions make every Delta read and commit cheaper locally.
+        "spark.databricks.delta.snapshotPartitions": str(max(2, config.shuffle_partitions)),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
+    settings.update(config.spark_conf)
+    return settings
+
+
+def _running_under_spark_submit() -> bool:
+    # spark-submit starts the Python driver with a gateway to its own JVM; master, jars and memory were
+    # fixed on its command line and must not be overridden here.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def start_spark(app_name: str, config: PipelineConfig):
+    """A SparkSession with Delta enabled: local by default, or whatever spark-submit set up."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if not _running_under_spark_submit():
+        builder = (
+            builder.master(config.spark_master)
+            .config("spark.jars", ",".join(delta_jars(config)))
+            .config("spark.driver.memory", config.driver_memory)
+        )
+    for key, value in spark_settings(config).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    _quiet_csv_header_warnings(spark)
+    log.info("spark %s started: master=%s app=%s", spark.version, spark.sparkContext.master, app_name)
+    return spark
+
+
+def _quiet_csv_header_warnings(spark) -> None:
+    # jobs.sources reads CSVs with one column more than the header on purpose (to catch rows with
+    # extra fields); Spark warns about that mismatch for every file.
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        "org.apache.spark.sql.catalyst.csv.CSVHeaderChecker", jvm.org.apache.logging.log4j.Level.ERROR
+    )
