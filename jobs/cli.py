@@ -50,6 +50,25 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables(args: argparse.Namespace) -> int:
+    """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
+    from deltalake import DeltaTable
+
+    from jobs.schemas import ALL_TABLES
+
+    config = load_config(lake=args.lake)
+    print(f"lake {config.lake}")
+    for spec in ALL_TABLES:
+        path = config.table_path(spec.name)
+        if not DeltaTable.is_deltatable(path):
+            print(f"  {spec.name:<14} (not created yet)")
+            continue
+        table = DeltaTable(path)
+        rows = table.to_pyarrow_dataset().count_rows()
+        print(f"  {spec.name:<14} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modalrank", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -65,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser = commands.add_parser("ingest", help="ingest a catalog and interactions into the lake")
     ingest.add_arguments(ingest_parser)
     ingest_parser.set_defaults(handler=_ingest)
+
+    tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
+    tables.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")
+    tables.set_defaults(handler=_tables)
     return parser
 
 

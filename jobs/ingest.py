@@ -577,8 +577,8 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         lines += [f"| {reason} | {n} |" for reason, n in sorted(report.quarantine_by_reason.items())]
         lines += [
             "",
-            f"Query them: `SELECT * FROM delta.`{config.table_path('quarantine')}` "
-            f"WHERE ds = '{report.ds}' AND stage = '{STAGE}'`",
+            f"Query them: ``SELECT * FROM delta.`{config.table_path('quarantine')}` "
+            f"WHERE ds = '{report.ds}' AND stage = '{STAGE}'``",
         ]
     else:
         lines.append("None.")

@@ -95,7 +95,7 @@ def read_delimited(
         .where(F.trim("line") != "")
     )
     fields = F.split("line", separator_regex, -1)
-    df = lines.select("*", *(fields.getItem(i).alias(name) for i, name in enumerate(columns)), "_metadata")
+    df = lines.select("*", *(F.get(fields, i).alias(name) for i, name in enumerate(columns)), "_metadata")
     malformed = F.when(
         F.size(fields) != len(columns),
         F.format_string(f"malformed row: expected {len(columns)} fields, found %d", F.size(fields)),

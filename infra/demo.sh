@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The demo command: set-up, the built-in demo data, then the nightly DAG for the demo's run date with
+# `airflow dags test` (a real Airflow run, in this process), then what it left in the lake.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/infra/setup.sh"
+source "$root/infra/env.sh"
+cd "$root"
+run_date="${1:-$(sed -n 's/^run_date *= *//p' setup.cfg)}"
+lake="${MODALRANK_LAKE:-$root/lake}"
+started=$(date +%s)
+
+echo "demo: generating the demo data in data/demo"
+modalrank demo-data --out data/demo
+
+echo "demo: running DAG modalrank_nightly for $run_date (log: $AIRFLOW_HOME/demo-$run_date.log)"
+airflow dags test modalrank_nightly "$run_date" >"$AIRFLOW_HOME/demo-$run_date.log" 2>&1 || {
+  grep -E "modalrank\.|ERROR|Error" "$AIRFLOW_HOME/demo-$run_date.log" | tail -n 40
+  echo "demo: the DAG run failed; full log in $AIRFLOW_HOME/demo-$run_date.log"
+  exit 1
+}
+# The jobs' own progress lines, without Airflow's and Spark's chatter.
+grep -oE "INFO modalrank\.[a-z_]+: .*\[airflow" "$AIRFLOW_HOME/demo-$run_date.log" | sed 's/ \[airflow$//' || true
+grep -q "state=success" "$AIRFLOW_HOME/demo-$run_date.log"
+
+echo
+modalrank tables --lake "$lake"
+echo
+cat "$lake/_reports/$run_date/ingest.md"
+echo "demo: done in $(( $(date +%s) - started )) s; report: $lake/_reports/$run_date/ingest.md"

@@ -1,0 +1,84 @@
+"""Shared test fixtures: one local SparkSession for the whole run, paths to ../shared/data, and
+small demo datasets made by the project's own generator.
+
+Environment variables are set before anything imports pyspark or airflow, so a bare `pytest` from the
+venv behaves like `infra/test.sh`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Spark hands timestamps to Python in the process's zone; the pipeline and its tests think in UTC.
+os.environ["TZ"] = "UTC"
+time.tzset()
+os.environ.setdefault("MODALRANK_JARS_DIR", str(REPO_ROOT / ".cache" / "jars"))
+# Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
+# Spark connection in local mode. Set before any test module imports airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("AIRFLOW_CONN_MODALRANK_SPARK", '{"conn_type": "spark", "host": "local[2]"}')
+# spark-submit (launched by the DAG's tasks) must come from this venv.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+from jobs.config import load_config  # noqa: E402
+from jobs.demo_data import DemoDataConfig, generate_demo_data  # noqa: E402
+
+# A catalog small enough for Spark tests to stay quick, large enough for every code path.
+SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.spark import start_spark
+
+    session = start_spark("modalrank-tests", load_config(shuffle_partitions=2, spark_ui=False))
+    yield session
+    session.stop()
+    # py4j logs from a finalizer after pytest has closed its capture streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+@pytest.fixture
+def lake_config(tmp_path):
+    """A config whose lake is a fresh folder for this test."""
+    return load_config(lake=str(tmp_path / "lake"), shuffle_partitions=2)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_data(out, SMALL_DEMO)
+    return out
+
+
+def shared_path(*parts: str) -> Path:
+    """A path in ../shared/data, or a skip that says what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared/data is only beside the repo on project machines")
+    return path
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The throwaway Airflow home's metadata database, migrated once per test run."""
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return Path(os.environ["AIRFLOW_HOME"])

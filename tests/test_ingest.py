@@ -1,0 +1,373 @@
+"""Ingestion on real Spark and real Delta tables: demo data, every bad-row reason, the legacy
+MovieLens layouts, incremental reruns and the as-of cutoff."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import deltalake
+import pytest
+from conftest import SMALL_DEMO
+
+from jobs import cli, lake
+from jobs.demo_data import generate_demo_data
+from jobs.ingest import IngestReport, IngestRequest, run_ingest
+from jobs.schemas import CATALOG, INTERACTIONS, QUARANTINE
+
+pytestmark = pytest.mark.spark
+
+END = SMALL_DEMO.end_date
+FIRST_DAY = END - dt.timedelta(days=SMALL_DEMO.days - 1)
+
+
+def ingest(spark, config, **request) -> IngestReport:
+    return run_ingest(spark, config, IngestRequest(**request))
+
+
+def rows(spark, config, spec) -> list[dict]:
+    return [row.asDict() for row in lake.read_table(spark, config, spec).collect()]
+
+
+def quarantine_reasons(spark, config, ds: dt.date) -> Counter:
+    return Counter(row["reason"] for row in rows(spark, config, QUARANTINE) if row["ds"] == ds)
+
+
+def assert_nothing_dropped(report: IngestReport) -> None:
+    assert report.items_read == report.items_ingested + report.items_deferred + report.items_quarantined
+    assert report.interactions_read == (
+        report.interactions_ingested + report.interactions_deferred + report.interactions_quarantined
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def demo_request(folder: Path, ds: dt.date = END) -> dict:
+    return {"ds": ds, "catalog": folder / "catalog.csv", "interactions": folder / "interactions.csv"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Demo data
+
+
+def test_demo_data_lands_whole_and_a_rerun_changes_nothing(spark, lake_config, small_demo, capsys):
+    catalog_csv = read_csv(small_demo / "catalog.csv")
+    good_events = len(read_csv(small_demo / "interactions.csv")) - 4  # the generator's 4 bad rows
+
+    first = ingest(spark, lake_config, **demo_request(small_demo))
+    assert_nothing_dropped(first)
+    assert (first.items_new, first.items_deferred, first.items_quarantined) == (SMALL_DEMO.items, 0, 0)
+    assert (first.interactions_new, first.interactions_quarantined) == (good_events, 4)
+    assert quarantine_reasons(spark, lake_config, END) == Counter(
+        {"unknown item id": 1, "rating out of range [0, 5]": 1, "duplicate interaction": 1, "missing user id": 1}
+    )
+
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert len(catalog) == SMALL_DEMO.items
+    for source_row in catalog_csv:
+        item = catalog[int(source_row["item_id"])]
+        assert item["title"] == source_row["title"]
+        assert item["genres"] == source_row["genres"].split("|")
+        assert item["first_seen_ds"] == item["updated_ds"] == END
+        for kind in ("poster", "audio", "video"):
+            given = source_row[f"{kind}_path"]
+            # Media paths become absolute files under the demo folder, each with its content hash.
+            assert item[f"{kind}_path"] == (str((small_demo / given).resolve()) if given else None)
+            assert (item[f"{kind}_hash"] is None) == (not given)
+    assert len(rows(spark, lake_config, INTERACTIONS)) == good_events
+
+    before = sorted(rows(spark, lake_config, CATALOG), key=lambda row: row["item_id"])
+    second = ingest(spark, lake_config, **demo_request(small_demo))
+    assert (second.items_new, second.items_changed, second.items_unchanged) == (0, 0, SMALL_DEMO.items)
+    assert (second.interactions_new, second.interactions_changed) == (0, 0)
+    assert sorted(rows(spark, lake_config, CATALOG), key=lambda row: row["item_id"]) == before
+    assert len(rows(spark, lake_config, INTERACTIONS)) == good_events
+    # The date's quarantine rows are replaced, not appended.
+    assert sum(quarantine_reasons(spark, lake_config, END).values()) == 4
+
+    report = lake_config.reports_dir / END.isoformat() / "ingest.md"
+    assert "| items | 40 | 0 | 0 | 40 | 0 | 0 |" in report.read_text()
+
+    # `modalrank tables` reads the same tables through delta-rs, without Spark.
+    assert cli.main(["tables", "--lake", lake_config.lake]) == 0
+    listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert " 40 rows " in listing["catalog"]
+    assert f" {good_events:,} rows " in listing["interactions"]
+    assert " 4 rows " in listing["quarantine"]
+
+
+def test_a_changed_overview_changes_only_that_item(spark, lake_config, tmp_path):
+    # Its own copy of the demo, edited in place: media paths are part of an item's row, so a copy
+    # in another folder would (rightly) count every item as changed.
+    edited = tmp_path / "demo"
+    generate_demo_data(edited, SMALL_DEMO)
+    ingest(spark, lake_config, **demo_request(edited, ds=END - dt.timedelta(days=1)))
+    before = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+
+    catalog = read_csv(edited / "catalog.csv")
+    catalog[4]["overview"] = "A brand new plot summary."
+    with (edited / "catalog.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(catalog[0]))
+        writer.writeheader()
+        writer.writerows(catalog)
+    changed_id = int(catalog[4]["item_id"])
+
+    report = ingest(spark, lake_config, **demo_request(edited))
+    assert report.items_changed == 1
+    after = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    changed = [
+        item_id for item_id in after if before.get(item_id, {}).get("text_hash") != after[item_id]["text_hash"]
+    ]
+    new_items = set(after) - set(before)
+    assert [item_id for item_id in changed if item_id not in new_items] == [changed_id]
+    item = after[changed_id]
+    assert item["overview"] == "A brand new plot summary."
+    assert item["poster_hash"] == before[changed_id]["poster_hash"]  # same file, same hash
+    assert (item["first_seen_ds"], item["updated_ds"]) == (END - dt.timedelta(days=1), END)
+
+
+def test_the_run_date_is_an_as_of_cutoff(spark, lake_config, small_demo):
+    catalog_csv = read_csv(small_demo / "catalog.csv")
+    available = {int(r["item_id"]) for r in catalog_csv if dt.date.fromisoformat(r["available_from"]) <= FIRST_DAY}
+    report = ingest(spark, lake_config, **demo_request(small_demo, ds=FIRST_DAY))
+    assert_nothing_dropped(report)
+    assert report.items_deferred == SMALL_DEMO.items - len(available) > 0
+    assert {row["item_id"] for row in rows(spark, lake_config, CATALOG)} == available
+    events = rows(spark, lake_config, INTERACTIONS)
+    assert report.interactions_deferred > 0
+    assert max(row["event_time"] for row in events).date() == FIRST_DAY
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad rows: each reason lands in quarantine, the rest is ingested
+
+
+def write_bad_inputs(folder: Path) -> dict:
+    media = folder / "media"
+    (media / "posters").mkdir(parents=True)
+    (media / "posters" / "1.jpg").write_bytes(b"\xff\xd8 one poster")
+    (folder / "outside.jpg").write_bytes(b"outside the media root")
+    catalog = (
+        b"item_id,title,overview,genres,tags,poster_path,available_from\n"
+        b'1,Good One (1999),"Plot, with a comma",Drama|Comedy,Fun|fun,posters/1.jpg,\n'
+        b"2,Missing Poster,,Drama,,posters/2.jpg,\n"
+        b"3,Escapes,,Drama,,../outside.jpg,\n"
+        b"1,Duplicate Of One,,,,,\n"
+        b",No Id,,,,,\n"
+        b"x7,Bad Id,,,,,\n"
+        b"4,,no title,,,,\n"
+        b"5,Caf\xe9 in Latin-1,,,,,\n"
+        b"6,Extra Field,,,,,,surplus\n"
+        b"7,Bad Date,,,,,soon\n"
+        b"8,Not Yet Available,,,,,2030-01-01\n"
+    )
+    (media / "catalog.csv").write_bytes(catalog)
+    (folder / "interactions.csv").write_text(
+        "user_id,item_id,rating,weight,event_time,source\n"
+        "1,1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        "1,1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        ",1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        "abc,1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        "2,,4.0,,2026-11-20T10:00:00Z,demo\n"
+        "2,zz,4.0,,2026-11-20T10:00:00Z,demo\n"
+        "2,1,high,,2026-11-20T10:00:00Z,demo\n"
+        "2,1,6.0,,2026-11-20T10:00:00Z,demo\n"
+        "2,999,3.0,,2026-11-20T10:00:00Z,demo\n"
+        "3,1,3.0,,,demo\n"
+        "3,1,3.0,,yesterday,demo\n"
+        "4,1,3.0,-1,2026-11-20T10:00:00Z,demo\n"
+        "4,2,,2.5,1763632800,click\n"
+        "5,2,3.0,,2026-12-24T10:00:00Z,demo\n"
+    )
+    (folder / "overviews.csv").write_text("item_id,overview\n2,Overview from a side file\n999,For nobody\n")
+    (folder / "extra_posters").mkdir()
+    (folder / "extra_posters" / "2.jpg").write_bytes(b"poster two")
+    (folder / "extra_posters" / "cover.jpg").write_bytes(b"not named by id")
+    return {
+        "catalog": media / "catalog.csv",
+        "interactions": folder / "interactions.csv",
+        "overviews": folder / "overviews.csv",
+        "posters": folder / "extra_posters",
+    }
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(spark, lake_config, tmp_path):
+    ds = dt.date(2026, 11, 25)
+    report = ingest(spark, lake_config, ds=ds, **write_bad_inputs(tmp_path))
+    assert_nothing_dropped(report)
+    assert quarantine_reasons(spark, lake_config, ds) == Counter(
+        {
+            # items (and an item-id problem in an interaction: one each)
+            "missing item id": 2,
+            "unparseable item id": 2,
+            "media path escapes media root": 1,
+            "duplicate item id": 1,
+            "missing title": 1,
+            "undecodable text (not valid UTF-8)": 1,
+            "malformed row: more fields than the header": 1,
+            "unparseable available_from": 1,
+            # the catalog names posters/2.jpg, which does not exist (the poster folder has one)
+            "poster file not found": 1,
+            # an overview for item 999, an interaction with item 999, a poster not named by an id
+            "unknown item id": 2,
+            "file name is not an item id": 1,
+            # interactions
+            "duplicate interaction": 1,
+            "missing user id": 1,
+            "unparseable user id": 1,
+            "unparseable rating": 1,
+            "rating out of range [0, 5]": 1,
+            "missing event time": 1,
+            "unparseable event time": 1,
+            "unparseable or negative weight": 1,
+        }
+    )
+    assert (report.items_new, report.items_deferred, report.items_quarantined) == (2, 1, 8)
+    assert (report.interactions_new, report.interactions_deferred, report.interactions_quarantined) == (2, 1, 11)
+
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert set(catalog) == {1, 2}
+    assert catalog[1]["tags"] == ["fun"]
+    assert catalog[1]["overview"] == "Plot, with a comma"
+    # Item 2's catalog poster is missing, but the poster folder has one: the folder wins.
+    assert catalog[2]["overview"] == "Overview from a side file"
+    assert catalog[2]["poster_path"].endswith("extra_posters/2.jpg") and catalog[2]["poster_hash"]
+
+    events = {(row["user_id"], row["item_id"]): row for row in rows(spark, lake_config, INTERACTIONS)}
+    assert set(events) == {(1, 1), (4, 2)}
+    assert events[(4, 2)]["rating"] is None and events[(4, 2)]["weight"] == 2.5
+    assert events[(4, 2)]["event_time"] == dt.datetime(2025, 11, 20, 10, 0)
+
+    quarantined = [
+        row for row in rows(spark, lake_config, QUARANTINE) if row["reason"] == "media path escapes media root"
+    ]
+    assert quarantined[0]["item_id"] == 3 and quarantined[0]["source_file"].endswith("media/catalog.csv")
+
+
+def test_a_missing_media_file_costs_the_modality_not_the_item(spark, lake_config, tmp_path):
+    inputs = write_bad_inputs(tmp_path)
+    ingest(
+        spark,
+        lake_config,
+        ds=dt.date(2026, 11, 25),
+        catalog=inputs["catalog"],
+        interactions=inputs["interactions"],
+    )
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert catalog[2]["poster_path"] is None and catalog[2]["poster_hash"] is None
+    reasons = quarantine_reasons(spark, lake_config, dt.date(2026, 11, 25))
+    assert reasons["poster file not found"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Legacy MovieLens layouts, written by the tests in their real encodings
+
+
+ML100K_ITEMS = [
+    "1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0",
+    "2|Café au lait (1993)|01-Jan-1993||http://us.imdb.com/M/title-exact?Caf|0|0|0|0|0|1|0|0|1|0|0|0|0|0|1|0|0|0|0",
+    "3|Broken line (1990)|01-Jan-1990",
+]
+
+
+def test_ml100k_layout(spark, lake_config, tmp_path):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.item").write_bytes(("\n".join(ML100K_ITEMS) + "\n").encode("latin-1"))
+    (folder / "u.data").write_text("196\t1\t3\t881250949\n186\t2\t5\t891717742\n22\t1\t6\t878887116\n244\t2\n")
+    report = ingest(spark, lake_config, ds=dt.date(2026, 11, 25), movielens=folder)
+    assert report.source == "movielens-100k"
+    assert_nothing_dropped(report)
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert catalog[1]["genres"] == ["Animation", "Children's", "Comedy"]
+    assert catalog[2]["title"] == "Café au lait (1993)"  # decoded as Latin-1, not mangled
+    assert catalog[2]["genres"] == ["Comedy", "Drama", "Romance"]
+    assert catalog[2]["year"] == 1993
+    assert set(catalog) == {1, 2}
+    events = rows(spark, lake_config, INTERACTIONS)
+    assert sorted((row["user_id"], row["item_id"], row["rating"]) for row in events) == [
+        (186, 2, 5.0),
+        (196, 1, 3.0),
+    ]
+    assert events[0]["event_time"].year in (1997, 1998)
+    assert quarantine_reasons(spark, lake_config, dt.date(2026, 11, 25)) == Counter(
+        {
+            "malformed row: expected 24 fields, found 3": 1,
+            "rating out of range [1, 5]": 1,
+            "malformed row: expected 4 fields, found 2": 1,
+        }
+    )
+
+
+def test_ml1m_layout(spark, lake_config, tmp_path):
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_bytes(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Misérables, Les (1995)::Drama|Musical\n".encode(
+            "latin-1"
+        )
+    )
+    (folder / "ratings.dat").write_text("1::1::5::978300760\n1::2::3::978302109\n2::3::4::978301968\n")
+    report = ingest(spark, lake_config, ds=dt.date(2026, 11, 25), movielens=folder)
+    assert report.source == "movielens-1m"
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert catalog[2]["title"] == "Misérables, Les (1995)"
+    assert catalog[2]["genres"] == ["Drama", "Musical"]
+    assert report.interactions_new == 2
+    assert quarantine_reasons(spark, lake_config, dt.date(2026, 11, 25)) == Counter({"unknown item id": 1})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real data: ml-latest-small with overviews and posters from ../shared/data
+
+
+@pytest.mark.shared_data
+def test_ml_latest_small_with_overviews_and_posters(spark, lake_config):
+    from conftest import shared_path
+
+    movielens = shared_path("ml-latest-small")
+    request = {
+        "ds": dt.date(2026, 11, 25),
+        "movielens": movielens,
+        "overviews": shared_path("overviews", "movies_with_overview.csv"),
+        "posters": shared_path("posters", "images"),
+    }
+    first = ingest(spark, lake_config, **request)
+    assert (first.items_new, first.interactions_new, first.items_quarantined, first.interactions_quarantined) == (
+        9742,
+        100836,
+        0,
+        0,
+    )
+    # 3,872 posters, 2,947 of them for ml-latest-small movies: the other 925 are quarantined, not lost.
+    assert quarantine_reasons(spark, lake_config, request["ds"]) == Counter({"unknown item id": 925})
+
+    catalog = lake.read_table(spark, lake_config, CATALOG)
+    interactions = lake.read_table(spark, lake_config, INTERACTIONS)
+    assert interactions.select("user_id").distinct().count() == 610
+    assert catalog.where("overview IS NOT NULL").count() == 9403
+    assert catalog.where("poster_hash IS NOT NULL").count() == 2947
+    assert catalog.where("size(tags) > 0").count() == 1572  # distinct movieIds in tags.csv
+    toy_story = catalog.where("item_id = 1").first()
+    assert (toy_story["title"], toy_story["year"], toy_story["imdb_id"], toy_story["tmdb_id"]) == (
+        "Toy Story (1995)",
+        1995,
+        "0114709",
+        862,
+    )
+    assert toy_story["tags"] == ["fun", "pixar"]
+
+    second = ingest(spark, lake_config, **request)
+    assert (second.items_new, second.items_changed, second.items_unchanged) == (0, 0, 9742)
+    assert (second.interactions_new, second.interactions_changed, second.interactions_unchanged) == (0, 0, 100836)
+    assert catalog.exceptAll(lake.read_table(spark, lake_config, CATALOG)).count() == 0
+
+    # Readers outside Spark see the same tables: delta-rs, and pandas through pyarrow.
+    assert deltalake.DeltaTable(lake_config.table_path("catalog")).to_pyarrow_table().num_rows == 9742
+    ratings = deltalake.DeltaTable(lake_config.table_path("interactions")).to_pandas()
+    assert len(ratings) == 100836 and ratings["rating"].between(0.5, 5.0).all()

@@ -1,0 +1,127 @@
+"""Pure parts of ingestion and configuration: no Spark."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobs import cli
+from jobs.config import PipelineConfig, load_config
+from jobs.ingest import optional_path, resolve_media_path
+from jobs.sources import SourceError, detect_movielens_layout
+from jobs.spark import DELTA_EXTENSION, MissingJarsError, delta_jars, spark_settings
+
+
+class TestResolveMediaPath:
+    def test_relative_path_inside_root_becomes_absolute(self, tmp_path):
+        assert resolve_media_path(str(tmp_path), "posters/1.jpg") == (str(tmp_path / "posters" / "1.jpg"), None)
+
+    def test_absolute_path_inside_root_is_kept(self, tmp_path):
+        inside = str(tmp_path / "a" / "b.wav")
+        assert resolve_media_path(str(tmp_path), inside) == (inside, None)
+
+    @pytest.mark.parametrize("path", ["../secret.jpg", "posters/../../x.jpg", "/etc/passwd"])
+    def test_paths_leaving_the_root_are_refused(self, tmp_path, path):
+        assert resolve_media_path(str(tmp_path / "media"), path) == (None, "media path escapes media root")
+
+    def test_a_sibling_folder_sharing_the_prefix_is_outside(self, tmp_path):
+        # /x/media-other starts with /x/media as a string but is not inside it.
+        assert resolve_media_path(str(tmp_path / "media"), str(tmp_path / "media-other" / "1.jpg"))[0] is None
+
+    @pytest.mark.parametrize("path", [None, "", "   "])
+    def test_no_path_means_no_media(self, tmp_path, path):
+        assert resolve_media_path(str(tmp_path), path) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("files", "layout"),
+    [
+        (["movies.csv", "ratings.csv"], "movielens-csv"),
+        (["u.data", "u.item"], "movielens-100k"),
+        (["movies.dat", "ratings.dat"], "movielens-1m"),
+    ],
+)
+def test_movielens_layout_is_detected_from_its_files(tmp_path, files, layout):
+    for name in files:
+        (tmp_path / name).write_text("")
+    assert detect_movielens_layout(tmp_path) == layout
+
+
+def test_an_unknown_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="not a MovieLens folder"):
+        detect_movielens_layout(tmp_path)
+
+
+def test_empty_path_arguments_mean_not_given():
+    assert optional_path("") is None
+    assert optional_path("  ") is None
+    assert str(optional_path("data/x.csv")) == "data/x.csv"
+
+
+def test_config_precedence_is_defaults_then_environment_then_overrides(monkeypatch):
+    monkeypatch.setenv("MODALRANK_LAKE", "/env/lake")
+    monkeypatch.setenv("MODALRANK_SHUFFLE_PARTITIONS", "16")
+    monkeypatch.setenv("MODALRANK_SPARK_UI", "true")
+    config = load_config(lake="/cli/lake", spark_master=None)
+    assert config.lake == "/cli/lake"
+    assert config.shuffle_partitions == 16
+    assert config.spark_ui is True
+    assert config.spark_master == PipelineConfig().spark_master
+    assert config.table_path("catalog") == "/cli/lake/catalog"
+
+
+def test_spark_settings_enable_delta_and_utc():
+    settings = spark_settings(PipelineConfig(shuffle_partitions=3, spark_conf={"spark.executor.memory": "2g"}))
+    assert settings["spark.sql.extensions"] == DELTA_EXTENSION
+    assert settings["spark.sql.session.timeZone"] == "UTC"
+    assert settings["spark.sql.shuffle.partitions"] == "3"
+    assert settings["spark.executor.memory"] == "2g"
+
+
+def test_delta_jars_come_from_the_local_cache():
+    jars = delta_jars(load_config())
+    names = {os.path.basename(jar).rsplit("-", 1)[0] for jar in jars}
+    assert {"delta-spark_4.2_2.13", "delta-storage"} <= names
+
+
+def test_missing_jars_name_the_set_up_command(tmp_path):
+    with pytest.raises(MissingJarsError, match="infra/setup.sh"):
+        delta_jars(PipelineConfig(jars_dir=str(tmp_path)))
+
+
+class TestCliErrors:
+    def test_ingest_without_a_source_is_one_line_and_exit_2(self, capsys):
+        assert cli.main(["ingest", "--ds", "2026-11-25"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0
+        assert err.startswith("modalrank ingest: error: give either --movielens")
+
+    def test_both_sources_at_once_are_refused(self, capsys, tmp_path):
+        code = cli.main(
+            [
+                "ingest",
+                "--ds",
+                "2026-11-25",
+                "--movielens",
+                str(tmp_path),
+                "--catalog",
+                "c.csv",
+                "--interactions",
+                "i.csv",
+            ]
+        )
+        assert code == 2
+        assert "give either" in capsys.readouterr().err
+
+    def test_missing_jars_are_one_line(self, capsys, tmp_path, monkeypatch):
+        monkeypatch.setenv("MODALRANK_JARS_DIR", str(tmp_path))
+        assert cli.main(["ingest", "--ds", "2026-11-25", "--movielens", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "no Delta Lake jars" in err
+
+    def test_a_bad_run_date_is_refused_by_the_parser(self, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["ingest", "--ds", "25/11/2026", "--movielens", "x"])
+        assert exit_info.value.code == 2
+        assert "invalid fromisoformat value" in capsys.readouterr().err
