@@ -1,0 +1,60 @@
+"""What every extractor is: a named, versioned function from a batch of inputs to vectors.
+
+An extractor never raises for one bad input: it returns an `Extraction` with `error` set to a fixed
+phrase (so quarantine rows group by reason), and the rest of the batch goes on. Nothing here imports
+pyspark.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One input's result: a float32 vector of the extractor's `dim`, or an error phrase."""
+
+    vector: np.ndarray | None
+    error: str | None = None
+    meta: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failed(cls, reason: str) -> Extraction:
+        return cls(vector=None, error=reason)
+
+
+class Extractor(ABC):
+    """A pretrained model or signal-processing recipe turning one modality into vectors.
+
+    `version` must change whenever the same input would give a different vector (new weights, new
+    preprocessing, new layout): the pipeline re-extracts every item whose stored version differs.
+    """
+
+    modality: str
+    name: str
+    version: str
+    dim: int
+
+    def __init__(self) -> None:
+        # Model forward passes run so far, counted per input: proves a no-change rerun ran none.
+        self.inferences = 0
+
+    @abstractmethod
+    def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
+        """One result per input, in order."""
+
+    def _vector(self, values: np.ndarray, meta: dict[str, float] | None = None) -> Extraction:
+        vector = np.asarray(values, dtype=np.float32).reshape(-1)
+        if vector.shape != (self.dim,):
+            raise AssertionError(f"{self.name} produced {vector.shape}, expected ({self.dim},)")
+        if not np.all(np.isfinite(vector)):
+            return Extraction.failed("non-finite features")
+        return Extraction(vector=vector, meta=meta or {})
