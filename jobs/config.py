@@ -8,6 +8,7 @@ explicit overrides (CLI flags, Airflow params). Jobs never read the environment 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,14 @@ class PipelineConfig:
     jars_dir: str = str(REPO_ROOT / ".cache" / "jars")
     # Extra Spark settings, e.g. {"spark.executor.memory": "2g"}.
     spark_conf: dict[str, str] = field(default_factory=dict)
+    # Precomputed vector files imported as modalities of their own: {name: CSV or Parquet path}.
+    imported_vectors: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A relative local lake would mean a different lake for every working directory, and Delta reads
+        # a relative path as a table name.
+        if "://" not in self.lake:
+            object.__setattr__(self, "lake", os.path.abspath(self.lake))
 
     def with_overrides(self, **overrides: object) -> PipelineConfig:
         """A copy with the given fields replaced; `None` values mean "not given" and are ignored."""
@@ -52,6 +61,7 @@ _ENV_FIELDS = {
     "MODALRANK_SHUFFLE_PARTITIONS": "shuffle_partitions",
     "MODALRANK_SPARK_UI": "spark_ui",
     "MODALRANK_JARS_DIR": "jars_dir",
+    "MODALRANK_IMPORTED_VECTORS": "imported_vectors",  # JSON: {"mmtf_avf": "/data/mmtf/avf.csv"}
 }
 
 
@@ -70,4 +80,6 @@ def _parse(name: str, raw: str) -> object:
         return int(raw)
     if kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind.startswith("dict"):
+        return json.loads(raw)
     return raw

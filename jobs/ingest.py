@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -32,11 +32,19 @@ from jobs import lake, sources
 from jobs.config import PipelineConfig, load_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
+from jobs.validation import (
+    UNDECODABLE,
+    blank,
+    first_reason,
+    keep_first,
+    parse_id,
+    quarantine_rows,
+    undecodable,
+)
 
 log = logging.getLogger("modalrank.ingest")
 
 STAGE = "ingest"
-UNDECODABLE = "undecodable text (not valid UTF-8)"
 # Catalog columns whose change makes an item "changed" (and so due for re-extraction downstream).
 CONTENT_COLUMNS = tuple(
     name
@@ -113,28 +121,6 @@ def resolve_media_path(media_root: str, path: str | None) -> tuple[str | None, s
     return candidate, None
 
 
-def _blank(column: str | Column) -> Column:
-    column = F.col(column) if isinstance(column, str) else column
-    return column.isNull() | (F.trim(column) == "")
-
-
-def _first_reason(*checks: tuple[Column, str | Column]) -> Column:
-    """The reason of the first failing check, or null when every check passes."""
-    reason = F.lit(None).cast("string")
-    for failed, text in reversed(checks):
-        reason = F.when(failed, text if isinstance(text, Column) else F.lit(text)).otherwise(reason)
-    return reason
-
-
-def _undecodable(*columns: str) -> Column:
-    # Spark decodes invalid UTF-8 as U+FFFD; the source never meant that character.
-    return F.greatest(*(F.coalesce(F.col(c).contains("\ufffd"), F.lit(False)) for c in columns), F.lit(False))
-
-
-def _id(column: str) -> Column:
-    return F.trim(F.col(column)).try_cast("bigint")
-
-
 def _split_list(column: str) -> Column:
     parts = F.split(F.coalesce(F.col(column), F.lit("")), r"\|")
     return F.filter(F.transform(parts, lambda part: F.trim(part)), lambda part: part != "")
@@ -148,23 +134,6 @@ def _event_time(column: str) -> Column:
     )
 
 
-def _keep_first(df: DataFrame, key: list[str], reason: str) -> DataFrame:
-    """Sets `reason` on every row but the first (in file order) of each key that has no reason yet."""
-    order = Window.partitionBy(*key).orderBy("row_order")
-    duplicate = F.col("reason").isNull() & (F.row_number().over(order) > 1)
-    return df.withColumn("reason", F.when(duplicate, F.lit(reason)).otherwise(F.col("reason")))
-
-
-def _quarantine_rows(df: DataFrame, item_id: Column | None = None, user_id: Column | None = None) -> DataFrame:
-    return df.where(F.col("reason").isNotNull()).select(
-        "source_file",
-        (item_id if item_id is not None else F.lit(None)).cast("bigint").alias("item_id"),
-        (user_id if user_id is not None else F.lit(None)).cast("bigint").alias("user_id"),
-        F.coalesce("record", F.lit("")).alias("record"),
-        "reason",
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # Items
 
@@ -172,17 +141,17 @@ def _quarantine_rows(df: DataFrame, item_id: Column | None = None, user_id: Colu
 def validate_items(raw: DataFrame) -> DataFrame:
     """Typed item columns plus `reason` (null for a good row)."""
     available_from = F.try_to_date(F.trim("available_from"))
-    checks = _first_reason(
+    checks = first_reason(
         (F.col("malformed").isNotNull(), F.col("malformed")),
-        (_undecodable("title", "overview", "genres", "tags"), UNDECODABLE),
-        (_blank("item_id"), "missing item id"),
-        (_id("item_id").isNull(), "unparseable item id"),
-        (_blank("title"), "missing title"),
-        (~_blank("available_from") & available_from.isNull(), "unparseable available_from"),
+        (undecodable("title", "overview", "genres", "tags"), UNDECODABLE),
+        (blank("item_id"), "missing item id"),
+        (parse_id("item_id").isNull(), "unparseable item id"),
+        (blank("title"), "missing title"),
+        (~blank("available_from") & available_from.isNull(), "unparseable available_from"),
     )
     title_year = F.regexp_extract("title", r"\((\d{4})\)\s*$", 1)
     typed = raw.select(
-        _id("item_id").alias("item_id"),
+        parse_id("item_id").alias("item_id"),
         F.trim("title").alias("title"),
         F.coalesce(F.trim("year").try_cast("int"), F.nullif(title_year, F.lit("")).try_cast("int")).alias("year"),
         F.nullif(F.trim("overview"), F.lit("")).alias("overview"),
@@ -197,7 +166,7 @@ def validate_items(raw: DataFrame) -> DataFrame:
         "row_order",
         checks.alias("reason"),
     )
-    return _keep_first(typed, ["item_id"], "duplicate item id")
+    return keep_first(typed, ["item_id"], "duplicate item id")
 
 
 def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -205,17 +174,17 @@ def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, 
     value_columns = [c for c in extra.rows.columns if c not in ("item_id", *sources.META_FIELDS)]
     text_columns = [c for c in value_columns if c in ("overview", "tag")]
     is_media = extra.kind in MEDIA_KINDS
-    checks = _first_reason(
+    checks = first_reason(
         (F.col("malformed").isNotNull(), F.col("malformed")),
-        (_undecodable(*text_columns) if text_columns else F.lit(False), UNDECODABLE),
-        (_blank("item_id"), "missing item id"),
-        (_id("item_id").isNull(), "file name is not an item id" if is_media else "unparseable item id"),
-        (_blank("tag") if extra.kind == "tags" else F.lit(False), "missing tag"),
+        (undecodable(*text_columns) if text_columns else F.lit(False), UNDECODABLE),
+        (blank("item_id"), "missing item id"),
+        (parse_id("item_id").isNull(), "file name is not an item id" if is_media else "unparseable item id"),
+        (blank("tag") if extra.kind == "tags" else F.lit(False), "missing tag"),
     )
-    checked = extra.rows.withColumn("reason", checks).withColumn("item_id", _id("item_id"))
+    checked = extra.rows.withColumn("reason", checks).withColumn("item_id", parse_id("item_id"))
     if extra.kind != "tags":  # tags are many per item; everything else is one per item
         duplicate = "duplicate media file for item" if is_media else "duplicate item id"
-        checked = _keep_first(checked, ["item_id"], duplicate)
+        checked = keep_first(checked, ["item_id"], duplicate)
     known = known_item_ids.select("item_id").withColumn("known", F.lit(True))
     checked = checked.join(known, "item_id", "left").withColumn(
         "reason",
@@ -223,7 +192,7 @@ def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, 
             F.col("reason")
         ),
     )
-    rejects = _quarantine_rows(checked, item_id=F.col("item_id"))
+    rejects = quarantine_rows(checked, item_id=F.col("item_id"))
     return checked.where(F.col("reason").isNull()).select("item_id", *value_columns), rejects
 
 
@@ -267,9 +236,7 @@ def _apply_extras(items: DataFrame, extras: list[Extra]) -> tuple[DataFrame, lis
 _RESOLVED = StructType([StructField("path", StringType()), StructField("reason", StringType())])
 
 
-def _resolve_catalog_media(
-    spark: SparkSession, items: DataFrame, media_root: str | None
-) -> tuple[DataFrame, list[DataFrame]]:
+def _resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[DataFrame, list[DataFrame]]:
     """Media paths a catalog gives: resolved inside the media root and hashed; problems quarantined."""
     for kind in MEDIA_KINDS:
         items = items.withColumn(f"{kind}_hash", F.lit(None).cast("string"))
@@ -286,13 +253,11 @@ def _resolve_catalog_media(
             F.col("reason")
         ),
     )
-    extensions = sources.IMAGE_EXTENSIONS + sources.AUDIO_EXTENSIONS + sources.VIDEO_EXTENSIONS
-    files = sources.media_files(spark, Path(media_root), extensions, recursive=True)
     missing_rejects = []
     for kind in MEDIA_KINDS:
-        hashes = files.select(F.col("path").alias("m_path"), F.col("content_hash").alias("m_hash"))
-        items = items.join(hashes, F.col(f"{kind}_resolved.path") == F.col("m_path"), "left")
-        missing = F.col(f"{kind}_resolved.path").isNotNull() & F.col("m_hash").isNull()
+        items = items.withColumn("m_path", F.col(f"{kind}_resolved.path"))
+        items = items.withColumn("m_hash", sources.file_sha256("m_path"))
+        missing = F.col("m_path").isNotNull() & F.col("m_hash").isNull()
         missing_rejects.append(
             items.where(F.col("reason").isNull() & missing).select(
                 "source_file",
@@ -323,22 +288,22 @@ def validate_interactions(
     rating = F.trim("rating").try_cast("float")
     weight = F.trim("weight").try_cast("float")
     event_time = _event_time("event_time")
-    checks = _first_reason(
+    checks = first_reason(
         (F.col("malformed").isNotNull(), F.col("malformed")),
-        (_undecodable("user_id", "item_id", "rating", "weight", "event_time", "source"), UNDECODABLE),
-        (_blank("user_id"), "missing user id"),
-        (_id("user_id").isNull(), "unparseable user id"),
-        (_blank("item_id"), "missing item id"),
-        (_id("item_id").isNull(), "unparseable item id"),
-        (~_blank("rating") & rating.isNull(), "unparseable rating"),
+        (undecodable("user_id", "item_id", "rating", "weight", "event_time", "source"), UNDECODABLE),
+        (blank("user_id"), "missing user id"),
+        (parse_id("user_id").isNull(), "unparseable user id"),
+        (blank("item_id"), "missing item id"),
+        (parse_id("item_id").isNull(), "unparseable item id"),
+        (~blank("rating") & rating.isNull(), "unparseable rating"),
         (rating.isNotNull() & ~rating.between(low, high), f"rating out of range [{low:g}, {high:g}]"),
-        (~_blank("weight") & (weight.isNull() | (weight < 0)), "unparseable or negative weight"),
-        (_blank("event_time"), "missing event time"),
+        (~blank("weight") & (weight.isNull() | (weight < 0)), "unparseable or negative weight"),
+        (blank("event_time"), "missing event time"),
         (event_time.isNull(), "unparseable event time"),
     )
     typed = raw.select(
-        _id("user_id").alias("user_id"),
-        _id("item_id").alias("item_id"),
+        parse_id("user_id").alias("user_id"),
+        parse_id("item_id").alias("item_id"),
         rating.alias("rating"),
         F.coalesce(weight, F.lit(1.0)).cast("float").alias("weight"),
         event_time.alias("event_time"),
@@ -348,7 +313,7 @@ def validate_interactions(
         "row_order",
         checks.alias("reason"),
     )
-    typed = _keep_first(typed, list(INTERACTION_KEY), "duplicate interaction")
+    typed = keep_first(typed, list(INTERACTION_KEY), "duplicate interaction")
     known = known_item_ids.select("item_id").distinct().withColumn("known", F.lit(True))
     return (
         typed.join(known, "item_id", "left")
@@ -408,9 +373,9 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
 
     # Items: validate, attach media and extras, then split into ingested / deferred / quarantined.
     items = validate_items(raw.items)
-    items, media_rejects = _resolve_catalog_media(spark, items, raw.media_root)
+    items, media_rejects = _resolve_catalog_media(items, raw.media_root)
     items = items.cache()
-    item_rejects = _quarantine_rows(items, item_id=F.col("item_id"))
+    item_rejects = quarantine_rows(items, item_id=F.col("item_id"))
     good_items, extra_rejects = _apply_extras(items.where(F.col("reason").isNull()).drop("reason"), raw.extras)
     good_items = good_items.withColumn("text_hash", _text_hash()).withColumn("source", F.lit(raw.name)).cache()
     not_yet = F.coalesce(F.col("available_from") > F.lit(ds), F.lit(False))
@@ -421,7 +386,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     events = validate_interactions(raw.interactions, raw.rating_range, known_items).cache()
     future = F.col("event_time") >= F.lit(ds + dt.timedelta(days=1)).cast("timestamp")
     staged_events = events.where(F.col("reason").isNull() & ~future)
-    event_rejects = _quarantine_rows(events, item_id=F.col("item_id"), user_id=F.col("user_id"))
+    event_rejects = quarantine_rows(events, item_id=F.col("item_id"), user_id=F.col("user_id"))
 
     counts = items.agg(
         F.count("*").alias("read"),

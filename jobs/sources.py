@@ -12,10 +12,13 @@ Canonical frames (every column a string unless noted):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -289,15 +292,25 @@ def read_overviews(spark: SparkSession, path: Path) -> Extra:
 
 
 def read_media_folder(spark: SparkSession, kind: str, directory: Path, extensions: tuple[str, ...]) -> Extra:
-    """Files named `<item_id>.<ext>` in one folder, with the sha256 of their bytes."""
+    """Files named `<item_id>.<ext>` in one folder, with the sha256 of their bytes.
+
+    Every file with a media extension is listed, empty ones too: an empty poster is the extractor's
+    to reject with a reason, not the lister's to skip.
+    """
     if not directory.is_dir():
         raise SourceError(f"{kind} folder not found: {directory}")
-    files = media_files(spark, directory, extensions, recursive=False)
+    wanted = {f".{extension}" for extension in extensions}
+    paths = sorted(
+        os.path.realpath(entry.path)
+        for entry in os.scandir(directory)
+        if entry.is_file() and Path(entry.name).suffix.lower() in wanted
+    )
+    files = spark.createDataFrame([(path,) for path in paths], "path string")
     stem = F.regexp_extract("path", r"([^/]+)\.[^./]+$", 1)
     rows = files.select(
         stem.alias("item_id"),
         "path",
-        "content_hash",
+        file_sha256("path").alias("content_hash"),
         F.col("path").alias("source_file"),
         F.col("path").alias("record"),
         F.lit(None).cast("string").alias("malformed"),
@@ -306,19 +319,26 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
     return Extra(kind, rows)
 
 
-def media_files(spark: SparkSession, directory: Path, extensions: tuple[str, ...], recursive: bool) -> DataFrame:
-    """(path, content_hash) of every media file under `directory` with one of `extensions`.
+def sha256_of_file(path: str | None) -> str | None:
+    """Hex sha256 of a file's bytes, read in chunks; None when there is no such file."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return digest.hexdigest()
 
-    Paths are absolute local paths without the `file:` scheme, as jobs and extractors open them.
-    """
-    glob = "*.{" + ",".join(sorted({*extensions, *(e.upper() for e in extensions)})) + "}"
-    files = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", glob)
-        .option("recursiveFileLookup", recursive)
-        .load(str(directory))
-    )
-    return files.select(
-        F.regexp_replace("path", "^file:(//)?", "").alias("path"),
-        F.sha2("content", 256).alias("content_hash"),
-    )
+
+def file_sha256(path_column: str) -> Column:
+    """The sha256 of the file each row names, computed where the row is (streaming, no size limit)."""
+
+    # Built per call: PySpark 4 wants an active session before a pandas UDF exists.
+    @F.pandas_udf("string")
+    def sha256_of_files(paths: pd.Series) -> pd.Series:
+        return paths.map(sha256_of_file)
+
+    return sha256_of_files(F.col(path_column))
