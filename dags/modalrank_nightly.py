@@ -1,8 +1,13 @@
-"""modalrank nightly: ingest the catalog and interactions for the run date into the lake.
+"""modalrank nightly: ingest the catalog and interactions for the run date, then extract features.
 
 Each task is one Spark job from `jobs/`, submitted through the `modalrank_spark` connection (local
 mode unless the connection names a cluster master). Every job takes the run date (`ds`) and is
 idempotent for it: rerunning a day, or backfilling a range, gives the same tables.
+
+After `ingest`, one task per modality extracts features in parallel (`extract_text`,
+`extract_image`, `extract_audio`, `extract_video`), plus one `import_<name>` task for each
+precomputed vector file configured in `MODALRANK_IMPORTED_VECTORS`. Extraction is incremental: items
+whose content and extractor version are unchanged are skipped.
 
 Params pick the input: the built-in demo data by default, or a MovieLens folder
 (`movielens`) with optional `overviews` / `posters` / `audio` / `video`, or a generic
@@ -40,7 +45,7 @@ def spark_job(task_id: str, module: str, arguments: list[str]) -> SparkSubmitOpe
 
 with DAG(
     dag_id="modalrank_nightly",
-    description="Nightly multimodal recommendations: ingest",
+    description="Nightly multimodal recommendations: ingest, extract",
     doc_md=__doc__,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
@@ -65,6 +70,7 @@ with DAG(
         "posters": Param("", type="string", description="folder of <item_id>.jpg|png"),
         "audio": Param("", type="string", description="folder of <item_id>.wav|…"),
         "video": Param("", type="string", description="folder of <item_id>.mp4|…"),
+        "force_extract": Param(False, type="boolean", description="recompute every item's features"),
     },
 ) as dag:
     ingest = spark_job(
@@ -92,3 +98,17 @@ with DAG(
             "{{ params.video }}",
         ],  # fmt: skip
     )
+
+    for modality in ("text", "image", "audio", "video"):
+        ingest >> spark_job(
+            f"extract_{modality}",
+            "extract",
+            ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--modality", modality]
+            + ["--force", "{{ params.force_extract }}"],
+        )
+    for name, vectors in sorted(config.imported_vectors.items()):
+        ingest >> spark_job(
+            f"import_{name}",
+            "import_vectors",
+            ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--name", name, "--vectors", vectors],
+        )

@@ -20,11 +20,15 @@ airflow dags test modalrank_nightly "$run_date" >"$AIRFLOW_HOME/demo-$run_date.l
   exit 1
 }
 # The jobs' own progress lines, without Airflow's and Spark's chatter.
-grep -oE "INFO modalrank\.[a-z_]+: .*\[airflow" "$AIRFLOW_HOME/demo-$run_date.log" | sed 's/ \[airflow$//' || true
+grep -oE "INFO modalrank\.[a-z_]+: .*\[airflow" "$AIRFLOW_HOME/demo-$run_date.log" | grep -v " worker: " \
+  | sed 's/ \[airflow$//' || true
 grep -q "state=success" "$AIRFLOW_HOME/demo-$run_date.log"
 
 echo
 modalrank tables --lake "$lake"
 echo
-cat "$lake/_reports/$run_date/ingest.md"
-echo "demo: done in $(( $(date +%s) - started )) s; report: $lake/_reports/$run_date/ingest.md"
+for report in ingest extract_text extract_image extract_audio extract_video; do
+  cat "$lake/_reports/$run_date/$report.md"
+  echo
+done
+echo "demo: done in $(( $(date +%s) - started )) s; reports: $lake/_reports/$run_date/"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import date
 from pathlib import Path
 
-from jobs import ingest
+from jobs import extract, ingest
 from jobs.config import load_config
 from jobs.sources import SourceError
 from jobs.spark import MissingJarsError
@@ -50,22 +51,62 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from jobs import import_vectors
+    from jobs.spark import start_spark
+
+    config = load_config(lake=args.lake)
+    built_in = args.modality in extract.MODALITY_INPUTS
+    if built_in == bool(args.vectors):
+        raise ValueError(
+            f"--vectors goes with an imported modality, not a built-in one ({', '.join(extract.MODALITY_INPUTS)})"
+            if built_in
+            else f"{args.modality!r} is not a built-in modality: give --vectors FILE to import it"
+        )
+    spark = start_spark(f"modalrank-extract-{args.modality}", config)
+    try:
+        if built_in:
+            report = extract.run_extract(spark, config, args.modality, args.ds, force=args.force)
+        else:
+            report = import_vectors.run_import(spark, config, args.modality, args.vectors, args.ds)
+    finally:
+        spark.stop()
+    extract.log_report(report)
+    print(f"extracted {args.modality} ds={report.ds}: report {config.reports_dir / report.ds}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from jobs import bench
+
+    rows = bench.bench_extract(args.datasets, args.modalities)
+    print()
+    print(bench.format_table(rows))
+    return 0
+
+
 def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
-    from jobs.schemas import ALL_TABLES
+    from jobs.schemas import ALL_TABLES, features_table
 
     config = load_config(lake=args.lake)
+    # Feature tables exist per modality, imported ones under names chosen at import time.
+    feature_specs = [
+        features_table(path.name.removeprefix("features_"))
+        for path in sorted(Path(config.lake).glob("features_*"))
+        if path.is_dir()
+    ]
     print(f"lake {config.lake}")
-    for spec in ALL_TABLES:
+    for spec in (*ALL_TABLES, *feature_specs):
         path = config.table_path(spec.name)
         if not DeltaTable.is_deltatable(path):
-            print(f"  {spec.name:<14} (not created yet)")
+            print(f"  {spec.name:<16} (not created yet)")
             continue
         table = DeltaTable(path)
         rows = table.to_pyarrow_dataset().count_rows()
-        print(f"  {spec.name:<14} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
+        print(f"  {spec.name:<16} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
     return 0
 
 
@@ -84,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser = commands.add_parser("ingest", help="ingest a catalog and interactions into the lake")
     ingest.add_arguments(ingest_parser)
     ingest_parser.set_defaults(handler=_ingest)
+
+    extract_parser = commands.add_parser(
+        "extract", help="extract one modality's features (text, image, audio, video) or import vectors"
+    )
+    extract_parser.add_argument("--lake", type=lambda text: text or None, help="lake base path")
+    extract_parser.add_argument("--ds", required=True, type=date.fromisoformat, help="run date, YYYY-MM-DD")
+    extract_parser.add_argument(
+        "--modality", required=True, help="text, image, audio, video, or a name for imported vectors"
+    )
+    extract_parser.add_argument(
+        "--vectors", type=Path, help="CSV/Parquet of item id + vector, for an imported modality"
+    )
+    extract.add_force_argument(extract_parser)
+    extract_parser.set_defaults(handler=_extract)
+
+    bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
+    bench_parser.add_argument("stage", choices=["extract"], help="which stage to benchmark")
+    bench_parser.add_argument(
+        "--datasets", nargs="+", default=["demo", "ml-latest-small"], choices=["demo", "ml-latest-small"]
+    )
+    bench_parser.add_argument(
+        "--modalities", nargs="+", default=list(extract.MODALITY_INPUTS), choices=list(extract.MODALITY_INPUTS)
+    )
+    bench_parser.set_defaults(handler=_bench)
 
     tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
     tables.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")

@@ -100,6 +100,33 @@ QUARANTINE = TableSpec(
     ),
 )
 
+# Feature tables: one per modality, all with this schema (`features_text`, `features_image`, …,
+# `features_<name>` for imported vectors).
+FEATURE_STATUSES = ("ok", "failed", "missing")
+FEATURES_SCHEMA = StructType(
+    [
+        _field("item_id", LongType(), False),
+        _field("content_hash", StringType(), comment="the catalog hash this row was extracted from"),
+        _field("extractor", StringType(), False, "extractor name, e.g. all-minilm-l6-v2-meanpool"),
+        _field("extractor_version", StringType(), False, "changes whenever the same input would change"),
+        _field("dim", IntegerType(), comment="vector length; null unless status is ok"),
+        _field("vector", ArrayType(FloatType()), comment="float32 features; null unless status is ok"),
+        _field("status", StringType(), False, "ok | failed | missing (the item has no such media)"),
+        _field("error", StringType(), comment="why extraction failed, a fixed phrase"),
+        _field("extracted_ds", DateType(), False, "run date of the extraction"),
+        _field("extracted_at", TimestampType(), False),
+    ]
+)
+
+
+def features_table(modality: str) -> TableSpec:
+    return TableSpec(
+        name=f"features_{modality}",
+        description=f"One row per catalog item: its {modality} feature vector, or why there is none.",
+        schema=FEATURES_SCHEMA,
+    )
+
+
 ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE)
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT, SMALL_DEMO
 
 from jobs import lake
-from jobs.schemas import CATALOG, INTERACTIONS, QUARANTINE
+from jobs.schemas import CATALOG, INTERACTIONS, QUARANTINE, features_table
 
 pytestmark = pytest.mark.airflow
 
@@ -44,7 +44,27 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.schedule == "@daily"
-    assert [task.task_id for task in dag.tasks] == ["ingest"]
+    extractors = {f"extract_{m}" for m in ("text", "image", "audio", "video")}
+    assert {task.task_id for task in dag.tasks} == {"ingest"} | extractors
+    # The extractors run in parallel, each right after ingestion.
+    assert dag.get_task("ingest").downstream_task_ids == extractors
+    for task_id in extractors:
+        assert dag.get_task(task_id).upstream_task_ids == {"ingest"}
+
+
+def test_imported_vectors_add_one_task_each(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("MODALRANK_IMPORTED_VECTORS", '{"mmtf_avf": "/data/avf.csv"}')
+    spec = importlib.util.spec_from_file_location(
+        "nightly_with_imports", REPO_ROOT / "dags" / "modalrank_nightly.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = module.dag.get_task("import_mmtf_avf")
+    assert task.upstream_task_ids == {"ingest"}
+    assert task.application.endswith("jobs/import_vectors.py")
+    assert task.application_args[-4:] == ["--name", "mmtf_avf", "--vectors", "/data/avf.csv"]
 
 
 def test_spark_tasks_submit_real_job_files_on_the_project_connection(dagbag):
@@ -74,4 +94,10 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
     interactions = lake.read_table(spark, lake_config, INTERACTIONS)
     assert interactions.count() == sum(1 for _ in (small_demo / "interactions.csv").open()) - 1 - 4
     assert lake.read_table(spark, lake_config, QUARANTINE).count() == 4
-    assert (lake_config.reports_dir / SMALL_DEMO.end_date.isoformat() / "ingest.md").is_file()
+    reports = lake_config.reports_dir / SMALL_DEMO.end_date.isoformat()
+    assert (reports / "ingest.md").is_file()
+    for modality in ("text", "image", "audio", "video"):
+        features = lake.read_table(spark, lake_config, features_table(modality))
+        assert features.count() == SMALL_DEMO.items
+        assert features.where("status = 'failed'").count() == 0
+        assert (reports / f"extract_{modality}.md").is_file()
