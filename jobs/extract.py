@@ -136,7 +136,7 @@ def extract_partition(modality: str, threads: int):
                 if result is None:  # the file could not be read: no model call
                     rows.append((item_id, None, None, "failed", inputs[i], 0))
                 elif result.ok:
-                    rows.append((item_id, result.vector.tolist(), len(result.vector), "ok", None, 1))
+                    rows.append((item_id, result.vector, len(result.vector), "ok", None, 1))
                 else:  # rejected by the extractor's checks (decoding, limits) before its model ran
                     rows.append((item_id, None, None, "failed", result.error, 0))
             done += len(rows)
@@ -204,17 +204,20 @@ def run_extract(
     work = stale_items(catalog, features.toDF(), modality, extractor.name, extractor.version, force)
     work = work.localCheckpoint(eager=True)  # the decision is taken once, before anything is written
     has_input = F.col("content_hash").isNotNull() & (F.lit(spec.path_column is None) | F.col("path").isNotNull())
-    to_extract = work.where(has_input)
-    n_extract = to_extract.count()
-    n_stale = work.count()
+    sizes = work.agg(F.count("*").alias("stale"), F.count(F.when(has_input, True)).alias("extract")).first()
+    n_stale, n_extract = sizes["stale"], sizes["extract"]
     report.up_to_date = report.catalog_items - n_stale
     log.info(
         "extract %s ds=%s: %d catalog items, %d up to date, %d to extract, %d without %s",
         modality, ds, report.catalog_items, report.up_to_date, n_extract, n_stale - n_extract, modality,
     )  # fmt: skip
+    if n_stale == 0:  # nothing changed: no model, no commit, and the date's quarantine rows stay
+        report.seconds = round(time.monotonic() - started, 1)
+        write_report(config, report)
+        return report
 
     extract_started = time.monotonic()
-    missing = work.where(~has_input).select(
+    results = work.where(~has_input).select(
         "item_id",
         F.lit(None).cast("array<float>").alias("vector"),
         F.lit(None).cast("int").alias("dim"),
@@ -222,22 +225,20 @@ def run_extract(
         F.lit(None).cast("string").alias("error"),
         F.lit(0).alias("inferences"),
     )
-    results = missing
     if n_extract:
         partitions = min(max(spark.sparkContext.defaultParallelism, n_extract // (spec.batch_size * 2)), 64)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(spec.batch_size))
-        extracted = to_extract.repartition(partitions).mapInPandas(
-            extract_partition(modality, _threads_per_task(spark)), _RESULT_SCHEMA
+        extracted = (
+            work.where(has_input)
+            .repartition(partitions)
+            .mapInPandas(extract_partition(modality, _threads_per_task(spark)), _RESULT_SCHEMA)
         )
         results = results.unionByName(extracted)
     with stage_progress(spark, f"extract_{modality}", n_extract):
         # Checkpointed so the models run exactly once, whatever the MERGE and the counts read.
-        results = results.join(work.select("item_id", "content_hash", "path"), "item_id").localCheckpoint(
-            eager=True
-        )
+        results = results.join(work.select("item_id", "content_hash"), "item_id").localCheckpoint(eager=True)
     report.extract_seconds = round(time.monotonic() - extract_started, 2)
 
-    now = F.current_timestamp()
     rows = results.select(
         "item_id",
         "content_hash",
@@ -248,7 +249,7 @@ def run_extract(
         "status",
         "error",
         F.lit(ds).alias("extracted_ds"),
-        now.alias("extracted_at"),
+        F.current_timestamp().alias("extracted_at"),
     )
     (
         features.alias("t")
@@ -257,33 +258,52 @@ def run_extract(
         .whenNotMatchedInsertAll()
         .execute()
     )
+    _quarantine_failures(spark, config, modality, ds, features.toDF(), catalog)
 
-    stage = f"extract_{modality}"
-    failures = results.where(F.col("status") == "failed").select(
-        F.lit(ds).alias("ds"),
-        F.lit(stage).alias("stage"),
-        F.col("path").alias("source_file"),
-        "item_id",
-        F.lit(None).cast("bigint").alias("user_id"),
-        F.coalesce("path", F.concat(F.lit("text of item "), F.col("item_id").cast("string"))).alias("record"),
-        F.col("error").alias("reason"),
-        now.alias("quarantined_at"),
-    )
-    # Replace only when this run extracted something: a no-change rerun keeps the date's earlier rows.
-    if n_stale:
-        lake.replace_where(spark, config, QUARANTINE, failures, f"ds = '{ds.isoformat()}' AND stage = '{stage}'")
-
-    counts = {row["status"]: row["count"] for row in results.groupBy("status").count().collect()}
-    report.ok, report.failed, report.missing = (counts.get(s, 0) for s in ("ok", "failed", "missing"))
+    for row in (
+        results.groupBy("status", "error").agg(F.count("*").alias("n"), F.sum("inferences").alias("i")).collect()
+    ):
+        setattr(report, row["status"], getattr(report, row["status"]) + row["n"])
+        report.inferences += row["i"]
+        if row["status"] == "failed":
+            report.failed_by_reason[row["error"]] = row["n"]
     report.extracted = report.ok + report.failed
-    report.inferences = results.agg(F.coalesce(F.sum("inferences"), F.lit(0))).first()[0]
-    report.failed_by_reason = {
-        row["error"]: row["count"]
-        for row in results.where("status = 'failed'").groupBy("error").count().orderBy("error").collect()
-    }
     report.seconds = round(time.monotonic() - started, 1)
     write_report(config, report)
     return report
+
+
+def _quarantine_failures(
+    spark: SparkSession,
+    config: PipelineConfig,
+    modality: str,
+    ds: dt.date,
+    features: DataFrame,
+    catalog: DataFrame,
+) -> None:
+    """The date's quarantine rows for this modality: every item whose extraction on `ds` failed.
+
+    Read back from the feature table, so a partial rerun of the date keeps the failures of items it
+    did not touch.
+    """
+    stage = f"extract_{modality}"
+    spec = MODALITY_INPUTS[modality]
+    path = F.col(spec.path_column) if spec.path_column else F.lit(None).cast("string")
+    failures = (
+        features.where((F.col("status") == "failed") & (F.col("extracted_ds") == F.lit(ds)))
+        .join(catalog.select("item_id", path.alias("path")), "item_id", "left")
+        .select(
+            F.lit(ds).alias("ds"),
+            F.lit(stage).alias("stage"),
+            F.col("path").alias("source_file"),
+            "item_id",
+            F.lit(None).cast("bigint").alias("user_id"),
+            F.coalesce("path", F.concat(F.lit("text of item "), F.col("item_id").cast("string"))).alias("record"),
+            F.col("error").alias("reason"),
+            F.current_timestamp().alias("quarantined_at"),
+        )
+    )
+    lake.replace_where(spark, config, QUARANTINE, failures, f"ds = '{ds.isoformat()}' AND stage = '{stage}'")
 
 
 def write_report(config: PipelineConfig, report: ExtractReport) -> Path:
