@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from jobs import extract, ingest
-from jobs.config import load_config
+from jobs.config import configure_logging, load_config
 from jobs.sources import SourceError
 from jobs.spark import MissingJarsError
 
@@ -37,25 +37,14 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from jobs.spark import start_spark
-
-    config = load_config(lake=args.lake)
-    request = ingest.request_from_args(args)
-    spark = start_spark("modalrank-ingest", config)
-    try:
-        report = ingest.run_ingest(spark, config, request)
-    finally:
-        spark.stop()
-    ingest.log_report(report)
-    print(f"ingested ds={report.ds}: report {config.reports_dir / report.ds / 'ingest.md'}")
+    report = ingest.run_from_args(args)
+    print(f"ingested ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds / 'ingest.md'}")
     return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
     from jobs import import_vectors
-    from jobs.spark import start_spark
 
-    config = load_config(lake=args.lake)
     built_in = args.modality in extract.MODALITY_INPUTS
     if built_in == bool(args.vectors):
         raise ValueError(
@@ -63,16 +52,13 @@ def _extract(args: argparse.Namespace) -> int:
             if built_in
             else f"{args.modality!r} is not a built-in modality: give --vectors FILE to import it"
         )
-    spark = start_spark(f"modalrank-extract-{args.modality}", config)
-    try:
-        if built_in:
-            report = extract.run_extract(spark, config, args.modality, args.ds, force=args.force)
-        else:
-            report = import_vectors.run_import(spark, config, args.modality, args.vectors, args.ds)
-    finally:
-        spark.stop()
-    extract.log_report(report)
-    print(f"extracted {args.modality} ds={report.ds}: report {config.reports_dir / report.ds}")
+    if built_in:
+        report = extract.run_from_args(args)
+    else:
+        report = import_vectors.run_from_args(argparse.Namespace(**vars(args), name=args.modality))
+    print(
+        f"extracted {args.modality} ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds}"
+    )
     return 0
 
 
@@ -159,10 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
     except (SourceError, MissingJarsError, FileNotFoundError, ValueError) as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,14 @@ class PipelineConfig:
 
     def table_path(self, table: str) -> str:
         return f"{self.lake.rstrip('/')}/{table}"
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """One log format for jobs, workers and the CLI, so Airflow's task log reads as one story."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
 
 
 _ENV_FIELDS = {

@@ -29,9 +29,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PipelineConfig, load_config
+from jobs.config import PipelineConfig, configure_logging, load_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
+from jobs.spark import spark_session
 
 log = logging.getLogger("modalrank.extract")
 
@@ -117,7 +118,7 @@ def extract_partition(modality: str, threads: int):
         from features.text import compose_item_text
 
         # Workers are separate processes: their log lines reach the executor's stderr only if asked.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging()
         extractor = _worker_extractor(modality, threads)
         started, done = time.monotonic(), 0
         for batch in batches:
@@ -369,20 +370,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_force_argument(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import start_spark
+def run_from_args(args: argparse.Namespace) -> ExtractReport:
+    """The job as the command line and spark-submit run it: its own session, then the log summary."""
+    config = load_config(lake=args.lake)
+    with spark_session(f"modalrank-extract-{args.modality}", config) as spark:
+        report = run_extract(spark, config, args.modality, args.ds, force=args.force)
+    log_report(report)
+    return report
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="extract", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    config = load_config(lake=args.lake)
-    spark = start_spark(f"modalrank-extract-{args.modality}", config)
-    try:
-        report = run_extract(spark, config, args.modality, args.ds, force=args.force)
-    finally:
-        spark.stop()
-    log_report(report)
+    run_from_args(parser.parse_args(argv))
     return 0
 
 

@@ -24,9 +24,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, load_config
+from jobs.config import PipelineConfig, configure_logging, load_config
 from jobs.extract import ExtractReport, log_report, write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
+from jobs.spark import spark_session
 from jobs.validation import blank, first_reason, keep_first, parse_id, quarantine_rows
 
 log = logging.getLogger("modalrank.import_vectors")
@@ -162,20 +163,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", required=True, type=Path, help="CSV or Parquet of item id + vector")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import start_spark
+def run_from_args(args: argparse.Namespace) -> ExtractReport:
+    """The job as the command line and spark-submit run it: its own session, then the log summary."""
+    config = load_config(lake=args.lake)
+    with spark_session(f"modalrank-import-{args.name}", config) as spark:
+        report = run_import(spark, config, args.name, args.vectors, args.ds)
+    log_report(report)
+    return report
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="import_vectors", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    config = load_config(lake=args.lake)
-    spark = start_spark(f"modalrank-import-{args.name}", config)
-    try:
-        report = run_import(spark, config, args.name, args.vectors, args.ds)
-    finally:
-        spark.stop()
-    log_report(report)
+    run_from_args(parser.parse_args(argv))
     return 0
 
 

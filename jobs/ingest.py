@@ -29,9 +29,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, load_config
+from jobs.config import PipelineConfig, configure_logging, load_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
+from jobs.spark import spark_session
 from jobs.validation import (
     UNDECODABLE,
     blank,
@@ -604,21 +605,21 @@ def request_from_args(args: argparse.Namespace) -> IngestRequest:
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jobs.spark import start_spark
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> IngestReport:
+    """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_config(lake=args.lake)
     request = request_from_args(args)
-    spark = start_spark("modalrank-ingest", config)
-    try:
+    with spark_session("modalrank-ingest", config) as spark:
         report = run_ingest(spark, config, request)
-    finally:
-        spark.stop()
     log_report(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    parser = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    run_from_args(parser.parse_args(argv))
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.config import PipelineConfig
@@ -80,6 +82,16 @@ def start_spark(app_name: str, config: PipelineConfig):
     _quiet_csv_header_warnings(spark)
     log.info("spark %s started: master=%s app=%s", spark.version, spark.sparkContext.master, app_name)
     return spark
+
+
+@contextmanager
+def spark_session(app_name: str, config: PipelineConfig) -> Iterator:
+    """`start_spark`, stopped when the block ends, whatever happened inside it."""
+    spark = start_spark(app_name, config)
+    try:
+        yield spark
+    finally:
+        spark.stop()
 
 
 def _quiet_csv_header_warnings(spark) -> None:
