@@ -84,18 +84,14 @@ def _bare_inputs(lake: str, modality: str) -> list[bytes | str]:
     """The same inputs the Spark job would extract, read without Spark (delta-rs)."""
     from deltalake import DeltaTable
 
-    from features.text import compose_item_text
-    from jobs.extract import MODALITY_INPUTS, read_media
+    from jobs.extract import MODALITY_INPUTS, extractor_inputs
 
-    spec = MODALITY_INPUTS[modality]
+    path_column = MODALITY_INPUTS[modality].path_column
     catalog = DeltaTable(f"{lake}/catalog").to_pandas().sort_values("item_id")
-    if spec.path_column is None:
-        return [
-            compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
-            for row in catalog.itertuples()
-        ]
-    paths = catalog[spec.path_column].dropna()
-    return [data for data in (read_media(path) for path in paths) if isinstance(data, bytes)]
+    if path_column is not None:
+        catalog = catalog[catalog[path_column].notna()].rename(columns={path_column: "path"})
+    inputs = extractor_inputs(modality, catalog)
+    return [value for value in inputs if modality == "text" or isinstance(value, bytes)]
 
 
 def bare_loop(modality: str, inputs: list[bytes | str]) -> float:

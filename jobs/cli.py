@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import date
 from pathlib import Path
 
 from jobs import extract, ingest
-from jobs.config import configure_logging, load_config
+from jobs.config import add_run_arguments, configure_logging, load_config
 from jobs.sources import SourceError
 from jobs.spark import MissingJarsError
 
@@ -115,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract_parser = commands.add_parser(
         "extract", help="extract one modality's features (text, image, audio, video) or import vectors"
     )
-    extract_parser.add_argument("--lake", type=lambda text: text or None, help="lake base path")
-    extract_parser.add_argument("--ds", required=True, type=date.fromisoformat, help="run date, YYYY-MM-DD")
+    add_run_arguments(extract_parser)
     extract_parser.add_argument(
         "--modality", required=True, help="text, image, audio, video, or a name for imported vectors"
     )

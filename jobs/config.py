@@ -7,7 +7,9 @@ explicit overrides (CLI flags, Airflow params). Jobs never read the environment 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -53,6 +55,15 @@ class PipelineConfig:
 
     def table_path(self, table: str) -> str:
         return f"{self.lake.rstrip('/')}/{table}"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--lake` and `--ds`, which every job takes. An empty `--lake` (Airflow passes every flag) means
+    the configured default."""
+    parser.add_argument(
+        "--lake", type=lambda text: text or None, help="lake base path (default: ./lake or $MODALRANK_LAKE)"
+    )
+    parser.add_argument("--ds", required=True, type=datetime.date.fromisoformat, help="run date, YYYY-MM-DD")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

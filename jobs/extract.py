@@ -29,10 +29,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PipelineConfig, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
-from jobs.spark import spark_session
+from jobs.spark import job_main, spark_session
 
 log = logging.getLogger("modalrank.extract")
 
@@ -111,24 +111,31 @@ def read_media(path: str) -> bytes | str:
         return "unreadable file"
 
 
+def extractor_inputs(modality: str, items: pd.DataFrame) -> list[bytes | str]:
+    """What the extractor sees for each row: the composed text, or the media file's bytes (or why not).
+
+    `items` has the catalog's title, overview, genres and tags, and the modality's file as `path`.
+    """
+    if MODALITY_INPUTS[modality].path_column is None:
+        from features.text import compose_item_text
+
+        return [
+            compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
+            for row in items.itertuples()
+        ]
+    return [read_media(path) for path in items["path"]]
+
+
 def extract_partition(modality: str, threads: int):
     """The mapInPandas function: work rows in, one result row per item out."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from features.text import compose_item_text
-
         # Workers are separate processes: their log lines reach the executor's stderr only if asked.
         configure_logging()
         extractor = _worker_extractor(modality, threads)
         started, done = time.monotonic(), 0
         for batch in batches:
-            if modality == "text":
-                inputs = [
-                    compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
-                    for row in batch.itertuples()
-                ]
-            else:
-                inputs = [read_media(path) for path in batch["path"]]
+            inputs = extractor_inputs(modality, batch)
             readable = [i for i, value in enumerate(inputs) if isinstance(value, bytes) or modality == "text"]
             results = dict(zip(readable, extractor.extract_batch([inputs[i] for i in readable]), strict=True))
             rows = []
@@ -364,8 +371,7 @@ def add_force_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lake", type=lambda text: text or None, help="lake base path (default: ./lake)")
-    parser.add_argument("--ds", required=True, type=dt.date.fromisoformat, help="run date, YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument("--modality", required=True, choices=sorted(MODALITY_INPUTS), help="which modality")
     add_force_argument(parser)
 
@@ -380,11 +386,7 @@ def run_from_args(args: argparse.Namespace) -> ExtractReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    parser = argparse.ArgumentParser(prog="extract", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    run_from_args(parser.parse_args(argv))
-    return 0
+    return job_main(__doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_config
 from jobs.extract import ExtractReport, log_report, write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
-from jobs.spark import spark_session
+from jobs.spark import job_main, spark_session
 from jobs.validation import blank, first_reason, keep_first, parse_id, quarantine_rows
 
 log = logging.getLogger("modalrank.import_vectors")
@@ -157,8 +157,7 @@ def run_import(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lake", type=lambda text: text or None, help="lake base path (default: ./lake)")
-    parser.add_argument("--ds", required=True, type=dt.date.fromisoformat, help="run date, YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument("--name", required=True, help="the modality's name: the table is features_<name>")
     parser.add_argument("--vectors", required=True, type=Path, help="CSV or Parquet of item id + vector")
 
@@ -173,11 +172,7 @@ def run_from_args(args: argparse.Namespace) -> ExtractReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    parser = argparse.ArgumentParser(prog="import_vectors", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    run_from_args(parser.parse_args(argv))
-    return 0
+    return job_main(__doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

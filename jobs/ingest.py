@@ -29,10 +29,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
-from jobs.spark import spark_session
+from jobs.spark import job_main, spark_session
 from jobs.validation import (
     UNDECODABLE,
     blank,
@@ -198,9 +198,12 @@ def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, 
 
 
 def _apply_extras(items: DataFrame, extras: list[Extra]) -> tuple[DataFrame, list[DataFrame]]:
+    # Taken once, before any join: each extra is checked against the items' ids, not against a plan
+    # that grows with every extra joined so far.
+    item_ids = items.select("item_id")
     rejects = []
     for extra in extras:
-        good, bad = validate_extra(extra, items)
+        good, bad = validate_extra(extra, item_ids)
         rejects.append(bad)
         if extra.kind == "overview":
             good = good.select("item_id", F.nullif(F.trim("overview"), F.lit("")).alias("x_overview"))
@@ -579,10 +582,7 @@ def optional_path(text: str) -> Path | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lake", type=lambda text: text or None, help="lake base path (default: ./lake or $MODALRANK_LAKE)"
-    )
-    parser.add_argument("--ds", required=True, type=dt.date.fromisoformat, help="run date, YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument(
         "--movielens", type=optional_path, help="a MovieLens folder (ml-latest(-small), ml-25m, ml-100k, ml-1m)"
     )
@@ -616,11 +616,7 @@ def run_from_args(args: argparse.Namespace) -> IngestReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    parser = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    run_from_args(parser.parse_args(argv))
-    return 0
+    return job_main(__doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

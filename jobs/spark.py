@@ -7,10 +7,11 @@ job behaves the same whether Airflow, `spark-submit` or `modalrank` started it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,3 +102,19 @@ def _quiet_csv_header_warnings(spark) -> None:
     jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
         "org.apache.spark.sql.catalyst.csv.CSVHeaderChecker", jvm.org.apache.logging.log4j.Level.ERROR
     )
+
+
+def job_main(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run_from_args: Callable[[argparse.Namespace], object],
+    argv: list[str] | None,
+) -> int:
+    """The spark-submit entry point every job shares: its arguments, the log format, one run."""
+    from jobs.config import configure_logging
+
+    configure_logging()
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_arguments(parser)
+    run_from_args(parser.parse_args(argv))
+    return 0
