@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     DateType,
+    DoubleType,
     FloatType,
     IntegerType,
     LongType,
@@ -127,7 +129,79 @@ def features_table(modality: str) -> TableSpec:
     )
 
 
-ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE)
+ITEM_VECTORS = TableSpec(
+    name="item_vectors",
+    description="One fused vector per catalog item: every modality's block, zeros where it is missing.",
+    schema=StructType(
+        [
+            _field("item_id", LongType(), False),
+            _field("vector", ArrayType(FloatType()), False, "the blocks of `layout` concatenated, in order"),
+            _field("layout", ArrayType(StringType()), False, "the modality of each block, in order"),
+            _field("block_dims", ArrayType(IntegerType()), False, "each block's length, in layout order"),
+            _field("mask", ArrayType(BooleanType()), False, "true where the item has that modality"),
+            _field("modalities", ArrayType(StringType()), False, "the modalities the item has"),
+            _field("fusion_version", StringType(), False, "changes whenever the same features would fuse differently"),
+            _field("fused_ds", DateType(), False, "run date of the fusion"),
+            _field("fused_at", TimestampType(), False),
+        ]
+    ),
+)
+
+# Evaluation: every number in `metrics` can be recomputed from `eval_truth` and `eval_lists`.
+METRICS = TableSpec(
+    name="metrics",
+    description="Offline evaluation: one row per run date, dataset, protocol, model, metric and k.",
+    partition_by=("ds",),
+    schema=StructType(
+        [
+            _field("ds", DateType(), False, "run date"),
+            _field("dataset", StringType(), False, "e.g. demo, ml-latest-small"),
+            _field("protocol", StringType(), False, "random_75_25 | chrono_80_20 | item_cold_20"),
+            _field("model", StringType(), False, "e.g. ranker, ease, als, popularity"),
+            _field("metric", StringType(), False, "ndcg | precision | recall | map | coverage"),
+            _field("k", IntegerType(), False, "list length the metric is computed at"),
+            _field("value", DoubleType(), False, "mean over evaluated users (coverage: share of items)"),
+            _field("users", IntegerType(), False, "users evaluated"),
+            _field("model_version", StringType(), comment="the trained artifact's version, when there is one"),
+            _field("evaluated_at", TimestampType(), False),
+        ]
+    ),
+)
+
+EVAL_TRUTH = TableSpec(
+    name="eval_truth",
+    description="The held-out interactions each protocol scored against: one row per (user, item).",
+    partition_by=("ds",),
+    schema=StructType(
+        [
+            _field("ds", DateType(), False, "run date"),
+            _field("dataset", StringType(), False),
+            _field("protocol", StringType(), False),
+            _field("user_id", LongType(), False),
+            _field("item_id", LongType(), False),
+        ]
+    ),
+)
+
+EVAL_LISTS = TableSpec(
+    name="eval_lists",
+    description="The top-k list every model produced for every evaluated user, per protocol.",
+    partition_by=("ds",),
+    schema=StructType(
+        [
+            _field("ds", DateType(), False, "run date"),
+            _field("dataset", StringType(), False),
+            _field("protocol", StringType(), False),
+            _field("model", StringType(), False),
+            _field("user_id", LongType(), False),
+            _field("item_id", LongType(), False),
+            _field("rank", IntegerType(), False, "1 = first"),
+            _field("score", DoubleType(), comment="the model's score; higher ranks first"),
+        ]
+    ),
+)
+
+ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS)
 
 
 def column_names(spec: TableSpec) -> list[str]:
