@@ -61,6 +61,29 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fuse(args: argparse.Namespace) -> int:
+    from jobs import fuse
+
+    report = fuse.run_from_args(args)
+    print(f"fused ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds / 'fuse.md'}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jobs import train
+
+    report = train.run_from_args(args)
+    print(f"trained {report.version} ds={report.ds}: {report.artifact}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from jobs import evaluate
+
+    evaluate.run_from_args(args)  # prints the metrics tables, the targets and the report's path
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from jobs import bench
 
@@ -123,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_force_argument(extract_parser)
     extract_parser.set_defaults(handler=_extract)
+
+    from jobs import evaluate, fuse, train
+
+    fuse_parser = commands.add_parser("fuse", help="fuse the modality features into one vector per item")
+    fuse.add_arguments(fuse_parser)
+    fuse_parser.set_defaults(handler=_fuse)
+
+    train_parser = commands.add_parser("train", help="train the hybrid ranker on data up to the run date")
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(handler=_train)
+
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="every baseline and the ranker on three protocols: metrics tables and an HTML report"
+    )
+    evaluate.add_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(handler=_evaluate)
 
     bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
     bench_parser.add_argument("stage", choices=["extract"], help="which stage to benchmark")

@@ -1,0 +1,337 @@
+"""Offline evaluation: every baseline and the ranker on three protocols, in one harness, in one run.
+
+Protocols (`jobs.ranking.data`): per-user random 75/25, per-user chronological 80/20, and item
+cold-start (20% of items held out with all their interactions; users rank only those). Models:
+popularity, Spark MLlib ALS (implicit), EASE, item-kNN, unweighted content similarity and the hybrid
+ranker on the warm protocols; random, genre-only, content and the ranker (with its modality
+ablation: each modality alone, all, all minus one) on the cold protocol — the collaborative models
+cannot score an item nobody interacted with.
+
+Writes, for the run date and dataset, in one replaceWhere commit each: `metrics`, `eval_truth` (the
+held-out pairs) and `eval_lists` (every model's top-20 per user), so every number can be recomputed.
+Plus `_reports/<ds>/evaluate_<dataset>.html` (tables and plots), `.md` and `.json`.
+
+Run by the DAG through spark-submit, by `modalrank evaluate`, or by hand:
+    spark-submit jobs/evaluate.py --ds 2026-11-25 --dataset demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from jobs import lake
+from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.ranking.baselines import (
+    ContentScorer,
+    FactorScorer,
+    GenreScorer,
+    PopularityScorer,
+    RandomScorer,
+)
+from jobs.ranking.data import CHRONO, ITEM_COLD, PROTOCOLS, RANDOM, Split, make_split
+from jobs.ranking.harness import KS, ModelResult, evaluate_model
+from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, METRICS
+from jobs.spark import job_main, spark_session
+from jobs.train import RankingData, load_ranking_data
+
+log = logging.getLogger("modalrank.evaluate")
+
+SEED = 42
+# The inner split the ranker learns from mirrors the protocol it is evaluated on.
+INNER_HOLDOUT = {RANDOM: "random", CHRONO: "chrono", ITEM_COLD: "random"}
+# Targets from the issue that commissioned the ranker: (protocol, description, check).
+WARM_TARGETS = {RANDOM: 1.05, CHRONO: 1.15}
+
+
+@dataclass
+class EvaluateReport:
+    ds: str
+    dataset: str
+    facts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    targets: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    tables: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def fit_als(spark: SparkSession, split: Split, seed: int) -> FactorScorer:
+    """Spark MLlib ALS with implicit preferences on the split's training pairs; factors come back as numpy."""
+    from pyspark.ml.recommendation import ALS
+
+    pairs = pd.DataFrame({"user": split.train.users, "item": split.train.items, "rating": 1.0})
+    train = spark.createDataFrame(pairs, "user int, item int, rating float")
+    als = ALS(
+        rank=64, maxIter=15, regParam=0.05, alpha=10.0, implicitPrefs=True, seed=seed,
+        userCol="user", itemCol="item", ratingCol="rating", coldStartStrategy="drop",
+    )  # fmt: skip
+    model = als.fit(train)
+    users = np.zeros((split.train.n_users, model.rank), dtype=np.float32)
+    items = np.zeros((split.train.n_items, model.rank), dtype=np.float32)
+    for frame, target in ((model.userFactors.toPandas(), users), (model.itemFactors.toPandas(), items)):
+        if len(frame):
+            target[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy())
+    return FactorScorer(users, items, name="als")
+
+
+def evaluate_protocol(
+    spark: SparkSession, loaded: RankingData, protocol: str, seed: int, ablation: bool, report: EvaluateReport
+) -> tuple[Split, list[ModelResult], dict]:
+    from jobs.ranking.ranker import RankerSettings, fit_variants
+
+    split = make_split(protocol, loaded.data.interactions, seed)
+    items = loaded.items
+    log.info(
+        "%s: %d training pairs, %d held out, %d test users, %d candidate items",
+        protocol, len(split.train), len(split.test), len(split.test_users()), len(split.candidate_items),
+    )  # fmt: skip
+    timings: dict[str, float] = {}
+    models = []
+
+    def timed(name: str, fit):
+        started = time.monotonic()
+        model = fit()
+        timings[f"{protocol} fit {name}"] = round(time.monotonic() - started, 1)
+        return model
+
+    settings = RankerSettings(inner_holdout=INNER_HOLDOUT[protocol], seed=seed)
+    variants: dict[str, list[str] | None] = {"ranker": None}
+    if protocol == ITEM_COLD and ablation and len(items.modalities) > 1:
+        for modality in items.modalities:
+            variants[f"ranker-only-{modality}"] = [modality]
+            variants[f"ranker-without-{modality}"] = [m for m in items.modalities if m != modality]
+    rankers = timed("ranker", lambda: fit_variants(split.train, items, settings, variants))
+    ranker = rankers["ranker"]
+    if protocol == ITEM_COLD:
+        models += [RandomScorer(seed).fit(split.train, items), GenreScorer().fit(split.train, items)]
+    else:
+        models.append(PopularityScorer().fit(split.train, items))
+        models.append(timed("als", lambda: fit_als(spark, split, seed)))
+        # The ranker's serving base models were fit on this split's training pairs with the same
+        # settings as the baselines: reuse them rather than fit EASE and item-kNN twice.
+        ease, knn = ranker.base.ease, ranker.base.knn
+        models += [ease, knn]
+    models.append(ContentScorer().fit(split.train, items))
+    models += list(rankers.values())
+    results = [evaluate_model(model, split, KS) for model in models]
+    log_epochs = {name: r.log.best_epoch for name, r in rankers.items()}
+    timings[f"{protocol} ranker training (network only)"] = ranker.log.seconds
+    report.notes += [f"{protocol}: {note}" for note in split.notes]
+    report.notes.append(f"{protocol}: ranker best epochs {log_epochs}")
+    return split, results, timings
+
+
+def metric_rows(ds: dt.date, dataset: str, protocol: str, results: list[ModelResult]) -> pd.DataFrame:
+    rows = [
+        {"ds": ds, "dataset": dataset, "protocol": protocol, "model": result.model, "metric": value.metric,
+         "k": value.k, "value": float(value.value), "users": int(value.users)}
+        for result in results
+        for value in result.metrics
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def check_targets(metrics: pd.DataFrame, dataset: str) -> list[dict]:
+    """The issue's targets, computed from this run's numbers (reported, never asserted)."""
+
+    def value(protocol: str, model: str, metric: str, k: int) -> float | None:
+        found = metrics[
+            (metrics.protocol == protocol)
+            & (metrics.model == model)
+            & (metrics.metric == metric)
+            & (metrics.k == k)
+        ]
+        return float(found.value.iloc[0]) if len(found) else None
+
+    targets = []
+    for protocol, factor in WARM_TARGETS.items():
+        ranker, ease = value(protocol, "ranker", "ndcg", 10), value(protocol, "ease", "ndcg", 10)
+        if ranker is not None and ease:
+            targets.append(
+                {"protocol": protocol, "description": f"ranker nDCG@10 / EASE nDCG@10 ≥ {factor}",
+                 "value": round(ranker / ease, 3), "target": factor, "met": ranker / ease >= factor}
+            )  # fmt: skip
+    ranker, random, genre = (value(ITEM_COLD, m, "recall", 20) for m in ("ranker", "random", "genre"))
+    if ranker is not None and random:
+        targets.append(
+            {"protocol": ITEM_COLD, "description": "cold-item recall@20: ranker / random ≥ 3",
+             "value": round(ranker / random, 2), "target": 3, "met": ranker / random >= 3}
+        )  # fmt: skip
+    if ranker is not None and genre is not None:
+        targets.append(
+            {"protocol": ITEM_COLD, "description": "cold-item recall@20: ranker > genre-only",
+             "value": f"{ranker:.4f} vs {genre:.4f}", "target": "above", "met": ranker > genre}
+        )  # fmt: skip
+    singles = metrics[(metrics.protocol == ITEM_COLD) & metrics.model.str.startswith("ranker-only-")]
+    singles = singles[(singles.metric == "recall") & (singles.k == 20)]
+    if ranker is not None and len(singles):
+        best = singles.loc[singles.value.idxmax()]
+        targets.append(
+            {"protocol": ITEM_COLD, "description": "all modalities together ≥ the best single modality (recall@20)",
+             "value": f"{ranker:.4f} vs {best.value:.4f} ({best.model})", "target": "≥",
+             "met": ranker >= best.value}
+        )  # fmt: skip
+    ranker, popularity = value(RANDOM, "ranker", "ndcg", 10), value(RANDOM, "popularity", "ndcg", 10)
+    if dataset == "demo" and ranker is not None and popularity:
+        targets.append(
+            {"protocol": RANDOM, "description": "demo: ranker recovers hidden tastes, nDCG@10 / popularity ≥ 2",
+             "value": round(ranker / popularity, 2), "target": 2, "met": ranker / popularity >= 2}
+        )  # fmt: skip
+    return targets
+
+
+def run_evaluate(
+    spark: SparkSession,
+    config: PipelineConfig,
+    ds: dt.date,
+    dataset: str,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    seed: int = SEED,
+    ablation: bool = True,
+) -> EvaluateReport:
+    started = time.monotonic()
+    report = EvaluateReport(ds.isoformat(), dataset)
+    loading = time.monotonic()
+    loaded = load_ranking_data(spark, config, ds)
+    report.facts = loaded.facts
+    report.timings["load data"] = round(time.monotonic() - loading, 1)
+    frames, truth_frames, list_frames = [], [], []
+    data = loaded.data
+    for protocol in protocols:
+        split, results, timings = evaluate_protocol(spark, loaded, protocol, seed, ablation, report)
+        report.timings.update(timings)
+        frames.append(metric_rows(ds, dataset, protocol, results))
+        users = split.test_users()
+        held = split.test.subset(np.isin(split.test.users, users))
+        truth_frames.append(
+            pd.DataFrame(
+                {"protocol": protocol, "user_id": data.user_ids[held.users], "item_id": data.item_ids[held.items]}
+            )
+        )
+        for result in results:
+            lists = result.lists
+            list_frames.append(
+                pd.DataFrame(
+                    {"protocol": protocol, "model": result.model, "user_id": data.user_ids[lists["user"].to_numpy()],
+                     "item_id": data.item_ids[lists["item"].to_numpy()], "rank": lists["rank"].astype("int32"),
+                     "score": lists["score"]}
+                )
+            )  # fmt: skip
+    metrics = pd.concat(frames, ignore_index=True)
+    writing = time.monotonic()
+    write_tables(spark, config, ds, dataset, metrics, pd.concat(truth_frames), pd.concat(list_frames))
+    report.timings["write tables"] = round(time.monotonic() - writing, 1)
+    report.targets = check_targets(metrics, dataset)
+    report.seconds = round(time.monotonic() - started, 1)
+    report.timings["total"] = report.seconds
+    write_reports(config, report, metrics)
+    return report
+
+
+def write_tables(
+    spark: SparkSession,
+    config: PipelineConfig,
+    ds: dt.date,
+    dataset: str,
+    metrics: pd.DataFrame,
+    truth: pd.DataFrame,
+    lists: pd.DataFrame,
+) -> None:
+    """Replace this run date's and dataset's rows of the three tables (one Delta commit each)."""
+    from pyspark.sql import functions as F
+
+    predicate = f"ds = '{ds.isoformat()}' AND dataset = '{dataset}'"
+    stamped = {"ds": F.lit(ds), "dataset": F.lit(dataset)}
+    evaluated_at = {"evaluated_at": F.current_timestamp(), "model_version": F.lit(None).cast("string")}
+    for spec, frame, extra in (
+        (METRICS, metrics.drop(columns=["ds", "dataset"]), evaluated_at),
+        (EVAL_TRUTH, truth, {}),
+        (EVAL_LISTS, lists, {}),
+    ):
+        df = spark.createDataFrame(frame.reset_index(drop=True)).withColumns(stamped | extra)
+        lake.replace_where(spark, config, spec, df, predicate)
+        log.info("wrote %d rows to %s for %s", len(frame), spec.name, predicate)
+
+
+def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.DataFrame) -> Path:
+    from jobs.ranking.report import format_metrics_table, write_evaluation_report
+
+    folder = config.reports_dir / report.ds
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"evaluate_{report.dataset}"
+    report.tables = {protocol: format_metrics_table(metrics, protocol) for protocol in metrics.protocol.unique()}
+    context = {
+        "ds": report.ds,
+        "dataset": report.dataset,
+        "summary": report.facts,
+        "timings": report.timings,
+        "notes": report.notes,
+        "targets": report.targets,
+    }
+    write_evaluation_report(folder / f"{name}.html", metrics.assign(ds=report.ds), context)
+    payload = {
+        "ds": report.ds, "dataset": report.dataset, "facts": report.facts, "timings": report.timings,
+        "targets": report.targets, "notes": report.notes,
+        "metrics": metrics.assign(ds=report.ds).to_dict(orient="records"),
+    }  # fmt: skip
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    lines = [f"# Evaluate {report.dataset} — run date {report.ds}", "", f"Took {report.seconds} s.", ""]
+    for protocol, table in report.tables.items():
+        lines += [f"## {protocol}", "", table, ""]
+    lines += ["## Targets", "", "| protocol | target | value | met |", "|---|---|---|---|"]
+    lines += [
+        f"| {t['protocol']} | {t['description']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
+        for t in report.targets
+    ]
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.html"
+
+
+def print_summary(report: EvaluateReport, config: PipelineConfig) -> None:
+    print(f"\nEvaluation of {report.dataset} as of {report.ds} ({report.seconds} s)")
+    for protocol, table in report.tables.items():
+        print(f"\n{protocol}\n{table}")
+    print("\nTargets:")
+    for target in report.targets:
+        print(
+            f"  [{'met' if target['met'] else 'NOT met'}] {target['protocol']}: {target['description']}: {target['value']}"
+        )
+    print(f"\nreport: {config.reports_dir / report.ds / f'evaluate_{report.dataset}.html'}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--dataset", required=True, help="label for the rows written, e.g. demo or ml-latest-small"
+    )
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--seed", type=int, default=SEED, help="seed for the splits and the ranker")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the modality ablation")
+
+
+def run_from_args(args: argparse.Namespace) -> EvaluateReport:
+    config = load_config(lake=args.lake)
+    with spark_session("modalrank-evaluate", config) as spark:
+        report = run_evaluate(
+            spark, config, args.ds, args.dataset, tuple(args.protocols), seed=args.seed, ablation=args.ablation
+        )
+    print_summary(report, config)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(__doc__, add_arguments, run_from_args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

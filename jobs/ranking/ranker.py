@@ -1,0 +1,638 @@
+"""The hybrid ranker: collaborative candidates and content candidates, re-ranked by a small torch MLP.
+
+Stage 1 (candidates): for each user, the top items of EASE, item-kNN, content similarity and
+popularity, plus the content top for items nobody has interacted with yet ("cold" items), minus the
+user's own items.
+
+Stage 2 (ranking): an MLP scores each (user, candidate) from features a data engineer can read:
+collaborative scores (EASE, item-kNN), popularity overall and around the user's active time, the
+item's age at that time, the user's activity, genre similarity, and one similarity per modality
+between the user's profile and the item's fused block. The MLP learns how much each modality is worth
+(the fusion's modality weights) and how to combine them with the collaborative signal.
+
+Cold items are ranked from content alone: their collaborative features are zero and a `cold` flag is
+set. So the MLP learns that regime, training hides a share of the training items from the
+collaborative models (all their interactions become targets), and a second loss term ranks the
+hidden items among themselves.
+
+Training labels come from an inner split of the training data (never the evaluation's held-out
+pairs): the base models are fit on the rest, and the held-out pairs are what the MLP learns to put
+first (a listwise softmax loss per user). For serving, the base models are refit on all training
+pairs and the MLP is applied unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from jobs.ranking.baselines import (
+    EaseScorer,
+    ItemKnnScorer,
+    ItemSide,
+    UserKnnScorer,
+    normalised_rows,
+    user_profiles,
+)
+from jobs.ranking.data import Interactions, per_user_holdout
+
+log = logging.getLogger("modalrank.ranker")
+
+DAY = 86_400.0
+# Below this many allowed items, scoring ranks all of them instead of generating candidates.
+SCORE_EVERY_ALLOWED_BELOW = 2_000
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    """Everything that shapes a trained ranker; saved with it, and part of its version."""
+
+    seed: int = 0
+    candidates_per_source: int = 100
+    cold_candidates: int = 100
+    inner_holdout: str = "random"  # or "chrono": how targets are cut from each user's training pairs
+    inner_holdout_share: float = 0.2
+    inner_folds: int = 3
+    cold_item_share: float = 0.1  # training items hidden from the collaborative models, as cold
+    ease_l2: float = 200.0
+    knn_neighbours: int = 100
+    window_days: float = 180.0  # "popular around the user's time" window, each side
+    recency_half_life: float = 10.0  # positions from the end of a user's history
+    sequence_window: int = 5  # positions each side that count as "rated together"
+    hidden: int = 64
+    epochs: int = 30
+    patience: int = 4
+    validation_share: float = 0.15
+    dropout: float = 0.1
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-5
+    users_per_batch: int = 64
+    modalities: tuple[str, ...] | None = None  # None: every modality of the item side
+
+
+@dataclass
+class BaseModels:
+    """The collaborative and content statistics the features are computed from, fit on one set of pairs."""
+
+    train: Interactions
+    ease: EaseScorer
+    knn: ItemKnnScorer
+    user_knn: UserKnnScorer
+    item_counts: np.ndarray
+    user_counts: np.ndarray
+    user_last_time: np.ndarray
+    item_first_time: np.ndarray
+    time_index: np.ndarray  # sorted item * 2^40 + time, for windowed counts
+    profiles: dict[str, np.ndarray]
+    genre_profiles: np.ndarray
+    seen: object  # csr users × items
+    recent: object  # csr users × items: recency weights, 1 for the latest item, decaying with position
+    neighbours: object  # csr items × items: how often two items sit within a few positions of each other
+
+
+def user_sequences(train: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's pairs in time order (ties by item): (order, user of each, position from the end)."""
+    order = np.lexsort((train.items, train.times, train.users))
+    users = train.users[order]
+    counts = np.bincount(users, minlength=train.n_users)
+    ends = np.cumsum(counts)
+    from_end = ends[users] - 1 - np.arange(len(order))
+    return order, users, from_end
+
+
+def recency_matrix(train: Interactions, half_life: float) -> sp.csr_matrix:
+    """Users × items weights 2^(−position from the end / half_life): what the user did last counts most."""
+    order, users, from_end = user_sequences(train)
+    weights = np.power(2.0, -from_end / half_life).astype(np.float32)
+    return sp.csr_matrix((weights, (users, train.items[order])), shape=(train.n_users, train.n_items))
+
+
+def sequence_neighbours(train: Interactions, window: int) -> sp.csr_matrix:
+    """Item × item counts of "rated within `window` positions of each other by the same user", cosine-scaled.
+
+    Users rate in sessions that follow what they were browsing, so neighbours in a user's sequence
+    are related more tightly than items that merely share a user.
+    """
+    order, users, _ = user_sequences(train)
+    items = train.items[order]
+    rows, cols = [], []
+    for offset in range(1, window + 1):
+        same_user = users[offset:] == users[:-offset]
+        rows += [items[:-offset][same_user], items[offset:][same_user]]
+        cols += [items[offset:][same_user], items[:-offset][same_user]]
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    counts = sp.csr_matrix((np.ones(len(row), dtype=np.float32), (row, col)), shape=(train.n_items, train.n_items))
+    norms = np.sqrt(np.maximum(train.item_counts(), 1)).astype(np.float32)
+    scale = sp.diags(1.0 / norms)
+    return (scale @ counts @ scale).tocsr()
+
+
+def _time_key(items: np.ndarray, times: np.ndarray) -> np.ndarray:
+    return items.astype(np.int64) * (1 << 40) + (times.astype(np.int64) - _EPOCH_SHIFT)
+
+
+_EPOCH_SHIFT = 0  # times are seconds since 1970 (< 2^40 until year 36812)
+
+
+def fit_base_models(
+    train: Interactions, items: ItemSide, settings: RankerSettings, modalities: list[str]
+) -> BaseModels:
+    item_counts = train.item_counts()
+    user_last_time = np.zeros(train.n_users, dtype=np.int64)
+    np.maximum.at(user_last_time, train.users, train.times)
+    item_first_time = np.full(train.n_items, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(item_first_time, train.items, train.times)
+    item_first_time[item_counts == 0] = 0
+    return BaseModels(
+        train=train,
+        ease=EaseScorer(settings.ease_l2).fit(train, items),
+        knn=ItemKnnScorer(settings.knn_neighbours).fit(train, items),
+        user_knn=UserKnnScorer().fit(train, items),
+        item_counts=item_counts,
+        user_counts=train.user_counts(),
+        user_last_time=user_last_time,
+        item_first_time=item_first_time,
+        time_index=np.sort(_time_key(train.items, train.times)),
+        profiles={m: user_profiles(train, items.blocks[m]) for m in modalities},
+        genre_profiles=user_profiles(train, normalised_rows(items.genres.toarray().astype(np.float32))),
+        seen=train.matrix().tocsr(),
+        recent=recency_matrix(train, settings.recency_half_life),
+        neighbours=sequence_neighbours(train, settings.sequence_window),
+    )
+
+
+def feature_names(modalities: list[str]) -> list[str]:
+    names = ["ease", "ease_rel", "knn", "knn_rel", "ease_recent", "ease_recent_rel", "seq", "seq_rel"]
+    names += [
+        "user_knn",
+        "user_knn_rel",
+        "seq_recent",
+        "seq_recent_rel",
+        "pop",
+        "pop_window",
+        "item_age",
+        "user_activity",
+    ]
+    names += ["genre_sim", "content_sum", "cold"]
+    for modality in modalities:
+        names += [f"sim_{modality}", f"has_{modality}"]
+    return names
+
+
+@dataclass
+class Candidates:
+    """(user, item) pairs of one block of users, with their feature rows."""
+
+    users: np.ndarray  # user index per pair
+    items: np.ndarray  # item index per pair
+    features: np.ndarray  # pairs × features, float32
+
+
+def candidates_and_features(
+    base: BaseModels,
+    items: ItemSide,
+    genre_rows: np.ndarray,
+    modalities: list[str],
+    settings: RankerSettings,
+    users: np.ndarray,
+    allowed: np.ndarray,
+    all_allowed: bool = False,
+) -> Candidates:
+    """Stage 1 and the stage-2 features for one block of users.
+
+    `allowed` marks the items a list may contain; `all_allowed` makes every allowed item a candidate
+    (used when the allowed set is small, e.g. the cold items of the cold-start protocol).
+    """
+    n_items = base.train.n_items
+    ease = base.ease.score(users)
+    knn = base.knn.score(users)
+    user_knn = base.user_knn.score(users)
+    ease_recent = base.ease.score_vectors(base.recent[users])
+    seq = np.asarray((base.seen[users] @ base.neighbours).todense(), dtype=np.float32)
+    seq_recent = np.asarray((base.recent[users] @ base.neighbours).todense(), dtype=np.float32)
+    sims = {m: base.profiles[m][users] @ items.blocks[m].T for m in modalities}
+    content = sum(sims.values()) if sims else np.zeros_like(ease)
+    genre = base.genre_profiles[users] @ genre_rows.T
+    cold_item = base.item_counts == 0
+
+    eligible = np.broadcast_to(allowed, ease.shape).copy()
+    eligible[base.seen[users].nonzero()] = False
+    if all_allowed:
+        chosen = eligible
+    else:
+        chosen = np.zeros_like(eligible)
+        rows = np.arange(len(users))[:, None]
+        pop = np.broadcast_to(base.item_counts.astype(np.float32), ease.shape)
+        warm_content = np.where(cold_item[None, :], -np.inf, content)
+        cold_content = np.where(cold_item[None, :], content + 0.1 * genre, -np.inf)
+        for source, n in ((ease, settings.candidates_per_source), (knn, settings.candidates_per_source),
+                          (ease_recent, settings.candidates_per_source), (seq, settings.candidates_per_source),
+                          (warm_content, settings.candidates_per_source), (pop, settings.candidates_per_source),
+                          (cold_content, settings.cold_candidates)):  # fmt: skip
+            masked = np.where(eligible, source, -np.inf)
+            n = min(n, n_items)
+            top = np.argpartition(-masked, n - 1, axis=1)[:, :n]
+            picked = np.isfinite(masked[rows, top])
+            chosen[np.broadcast_to(rows, top.shape)[picked], top[picked]] = True
+        chosen &= eligible
+    row, item = np.nonzero(chosen)
+
+    def relative(matrix: np.ndarray) -> np.ndarray:
+        top = np.maximum(matrix.max(axis=1, keepdims=True), 1e-6)
+        return (matrix / top)[row, item]
+
+    user = users[row]
+    t_user = base.user_last_time[user]
+    window = int(settings.window_days * DAY)
+    lo = np.searchsorted(base.time_index, _time_key(item, t_user - window))
+    hi = np.searchsorted(base.time_index, _time_key(item, t_user + window), side="right")
+    age_days = (t_user - base.item_first_time[item]) / DAY
+    columns = [
+        ease[row, item], relative(ease), knn[row, item], relative(knn),
+        ease_recent[row, item], relative(ease_recent), seq[row, item], relative(seq),
+        user_knn[row, item], relative(user_knn), seq_recent[row, item], relative(seq_recent),
+        np.log1p(base.item_counts[item]), np.log1p(hi - lo),
+        np.where(cold_item[item], 0.0, np.sign(age_days) * np.log1p(np.abs(age_days))),
+        np.log1p(base.user_counts[user]), genre[row, item], content[row, item], cold_item[item].astype(np.float32),
+    ]  # fmt: skip
+    for modality in modalities:
+        columns += [sims[modality][row, item], items.has(modality)[item].astype(np.float32)]
+    features = np.stack(columns, axis=1).astype(np.float32)
+    return Candidates(user, item, features)
+
+
+def group_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int) -> float:
+    """Mean nDCG@k over groups with a positive, each group ranked by score (ideal: its positives first)."""
+    if len(scores) == 0:
+        return 0.0
+    order = np.lexsort((-scores, groups))
+    sorted_groups, sorted_labels = groups[order], labels[order]
+    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
+    position = np.arange(len(order)) - starts
+    gains = np.where(position < k, sorted_labels / np.log2(position + 2.0), 0.0)
+    n_groups = int(groups.max()) + 1
+    dcg = np.bincount(sorted_groups, weights=gains, minlength=n_groups)
+    positives = np.bincount(groups, weights=labels, minlength=n_groups)
+    ideal_discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    idcg = ideal_discounts[np.minimum(positives, k).astype(int)]
+    has = positives > 0
+    return float((dcg[has] / idcg[has]).mean()) if has.any() else 0.0
+
+
+class RankerNet(torch.nn.Module):
+    def __init__(self, n_features: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(n_features, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden // 2),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden // 2, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features).squeeze(-1)
+
+
+def _listwise_loss(
+    scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Mean over groups with positives of −Σ log softmax(positives) / #positives (softmax per group)."""
+    max_per_group = torch.full((n_groups,), -1e30).scatter_reduce(0, groups, scores.detach(), "amax")
+    shifted = torch.exp(scores - max_per_group[groups])
+    log_norm = torch.log(torch.zeros(n_groups).index_add(0, groups, shifted)) + max_per_group
+    log_prob = scores - log_norm[groups]
+    positives = torch.zeros(n_groups).index_add(0, groups, labels)
+    per_group = -torch.zeros(n_groups).index_add(0, groups, log_prob * labels)
+    has = positives > 0
+    return (per_group[has] / positives[has]).mean() if has.any() else scores.sum() * 0.0
+
+
+@dataclass
+class TrainingLog:
+    epochs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    best_epoch: int = 0
+    pairs: int = 0
+    positives: int = 0
+    users: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The inner folds' candidate pairs, shared by every variant trained from them."""
+
+    features: np.ndarray  # pairs × feature_names(all modalities)
+    labels: np.ndarray
+    groups: np.ndarray  # one group per (fold, user): the lists the loss ranks
+    cold: np.ndarray
+    modalities: list[str]
+
+
+def build_training_set(train: Interactions, items: ItemSide, settings: RankerSettings) -> TrainingSet:
+    rng = np.random.default_rng(settings.seed)
+    features, labels, groups = [], [], []
+    for fold in range(settings.inner_folds):
+        fold_features, fold_labels, fold_users = _inner_fold(train, items, settings, fold, rng)
+        features.append(fold_features)
+        labels.append(fold_labels)
+        groups.append(fold * train.n_users + fold_users)  # a user in each fold is a list of its own
+    features = np.concatenate(features)
+    cold = features[:, feature_names(items.modalities).index("cold")] > 0
+    return TrainingSet(features, np.concatenate(labels), np.concatenate(groups), cold, items.modalities)
+
+
+def variant_columns(all_modalities: list[str], modalities: list[str]) -> np.ndarray:
+    """Feature columns of a variant that sees only `modalities`: every other modality's columns drop out."""
+    dropped = {f"{kind}_{m}" for m in all_modalities if m not in modalities for kind in ("sim", "has")}
+    names = feature_names(all_modalities)
+    return np.array([i for i, name in enumerate(names) if name not in dropped])
+
+
+def _inner_fold(
+    train: Interactions, items: ItemSide, settings: RankerSettings, fold: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One inner split of the training pairs: candidates, features and labels for its targets.
+
+    Targets are a share of each user's pairs (random, or their latest for "chrono"; fold f of a
+    chrono split ends f shares earlier, as if the run were f steps in the past), plus every pair
+    of a share of items hidden entirely, so the network sees the cold regime. Base models are fit
+    on the rest.
+    """
+    modalities = items.modalities
+    if settings.inner_holdout == "random":
+        fold_pairs = train
+        key = rng.random(len(train))
+    else:
+        keep = ~per_user_holdout(
+            train, 1 - (1 - settings.inner_holdout_share) ** fold, train.times.astype(np.float64)
+        )
+        fold_pairs = train.subset(keep)
+        key = fold_pairs.times.astype(np.float64)
+    target = per_user_holdout(fold_pairs, settings.inner_holdout_share, key)
+    warm_items = np.flatnonzero(fold_pairs.item_counts() > 0)
+    hidden_items = rng.choice(warm_items, size=int(len(warm_items) * settings.cold_item_share), replace=False)
+    target |= np.isin(fold_pairs.items, hidden_items)
+    fit_part, target_part = fold_pairs.subset(~target), fold_pairs.subset(target)
+    base = fit_base_models(fit_part, items, settings, modalities)
+    genre_rows = normalised_rows(items.genres.toarray().astype(np.float32))
+    allowed = np.ones(train.n_items, dtype=bool)
+    users = np.unique(target_part.users)
+    target_matrix = target_part.matrix().tocsr()
+    found_blocks, label_blocks = [], []
+    for start in range(0, len(users), 256):
+        block = users[start : start + 256]
+        found = candidates_and_features(base, items, genre_rows, modalities, settings, block, allowed)
+        found_blocks.append(found)
+        label_blocks.append(np.asarray(target_matrix[found.users, found.items]).ravel().astype(np.float32))
+    labels = np.concatenate(label_blocks)
+    log.info(
+        "ranker fold %d: %d pairs fit the base models, %d targets (%d items hidden as cold); "
+        "%d candidate pairs for %d users hold %d targets (candidate recall %.3f)",
+        fold + 1, len(fit_part), len(target_part), len(hidden_items), len(labels), len(users),
+        int(labels.sum()), labels.sum() / max(1, len(target_part)),
+    )  # fmt: skip
+    return (
+        np.concatenate([f.features for f in found_blocks]),
+        labels,
+        np.concatenate([f.users for f in found_blocks]),
+    )
+
+
+class HybridRanker:
+    """fit(train, items) → score(users). See the module docstring for the design.
+
+    `settings.modalities` picks the modalities whose content features the network sees (None: all);
+    the modality ablation trains one ranker per choice over one shared training set.
+    """
+
+    def __init__(self, settings: RankerSettings | None = None, name: str = "ranker") -> None:
+        self.settings = settings or RankerSettings()
+        self.name = name
+        self.net: RankerNet | None = None
+        self.columns: np.ndarray | None = None
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.base: BaseModels | None = None
+        self.items: ItemSide | None = None
+        self.log = TrainingLog()
+
+    @property
+    def modalities(self) -> list[str]:
+        chosen = self.settings.modalities
+        return list(chosen) if chosen is not None else self.items.modalities
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = feature_names(self.items.modalities)
+        return [names[i] for i in self.columns]
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def fit(self, train: Interactions, items: ItemSide) -> HybridRanker:
+        started = time.monotonic()
+        self.items = items
+        training_set = build_training_set(train, items, self.settings)
+        base = fit_base_models(train, items, self.settings, items.modalities)
+        self.fit_from(training_set, base, items)
+        self.log.seconds = round(time.monotonic() - started, 1)
+        return self
+
+    def fit_from(self, training_set: TrainingSet, base: BaseModels, items: ItemSide) -> HybridRanker:
+        """Train the network on a (shared) training set; `base` is what it scores against when serving."""
+        started = time.monotonic()
+        torch.manual_seed(self.settings.seed)
+        self.items, self.base = items, base
+        self.columns = variant_columns(training_set.modalities, self.modalities)
+        features = training_set.features[:, self.columns]
+        self.mean, self.std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        self.log.pairs, self.log.positives = len(training_set.labels), int(training_set.labels.sum())
+        self.log.users = len(np.unique(training_set.groups))
+        self._train_net(features, training_set.labels, training_set.groups, training_set.cold)
+        self.log.seconds = round(time.monotonic() - started, 1)
+        return self
+
+    def _train_net(
+        self, features: np.ndarray, labels: np.ndarray, pair_users: np.ndarray, cold: np.ndarray
+    ) -> None:
+        """Adam on the listwise loss, users in shuffled batches; early stopping on held-out users.
+
+        A share of the users is kept out of the gradient steps; after each epoch their candidates are
+        ranked, and the weights with the best nDCG@10 (all candidates) + nDCG@20 (cold candidates)
+        are kept. Without it the network overfits the inner split within a few epochs.
+        """
+        settings = self.settings
+        x = torch.from_numpy((features - self.mean) / self.std)
+        y = torch.from_numpy(labels)
+        _, groups = np.unique(pair_users, return_inverse=True)
+        n_users = int(groups.max()) + 1
+        rng = np.random.default_rng(settings.seed)
+        shuffled_users = rng.permutation(n_users)
+        n_validation = max(1, int(n_users * settings.validation_share))
+        validation_users, training_users = shuffled_users[:n_validation], shuffled_users[n_validation:]
+        validation_rows = np.flatnonzero(np.isin(groups, validation_users))
+        self.net = RankerNet(x.shape[1], settings.hidden, settings.dropout)
+        optimiser = torch.optim.Adam(
+            self.net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        order = np.argsort(groups, kind="stable")
+        bounds = np.searchsorted(groups[order], np.arange(n_users + 1))
+        best, best_state, since_best = -1.0, None, 0
+        for epoch in range(settings.epochs):
+            self.net.train()
+            total, batches = 0.0, 0
+            shuffled = rng.permutation(training_users)
+            for start in range(0, len(shuffled), settings.users_per_batch):
+                batch = shuffled[start : start + settings.users_per_batch]
+                rows = np.concatenate([order[bounds[g] : bounds[g + 1]] for g in batch])
+                local_of = np.empty(n_users, dtype=np.int64)
+                local_of[batch] = np.arange(len(batch))
+                local = torch.from_numpy(local_of[groups[rows]])
+                scores = self.net(x[rows])
+                loss = _listwise_loss(scores, y[rows], local, len(batch))
+                # The cold term: a second softmax per user over their cold candidates only.
+                cold_rows = torch.from_numpy(cold[rows])
+                if cold_rows.any():
+                    loss = loss + _listwise_loss(
+                        scores[cold_rows], y[rows][cold_rows], local[cold_rows], len(batch)
+                    )
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total, batches = total + loss.item(), batches + 1
+            self.net.eval()
+            with torch.no_grad():
+                val_scores = self.net(x[validation_rows]).numpy()
+            val_groups, val_labels, val_cold = (
+                groups[validation_rows],
+                labels[validation_rows],
+                cold[validation_rows],
+            )
+            warm_ndcg = group_ndcg(val_scores, val_labels, val_groups, 10)
+            cold_ndcg = group_ndcg(val_scores[val_cold], val_labels[val_cold], val_groups[val_cold], 20)
+            criterion = warm_ndcg + cold_ndcg
+            self.log.epochs.append(
+                {"epoch": epoch + 1, "loss": round(total / batches, 5), "val_ndcg@10": round(warm_ndcg, 5),
+                 "val_cold_ndcg@20": round(cold_ndcg, 5)}
+            )  # fmt: skip
+            log.info(
+                "ranker %s: epoch %d/%d loss %.4f, validation nDCG@10 %.4f, cold nDCG@20 %.4f",
+                self.name, epoch + 1, settings.epochs, total / batches, warm_ndcg, cold_ndcg,
+            )  # fmt: skip
+            if criterion > best:
+                best, since_best = criterion, 0
+                best_state = {name: value.clone() for name, value in self.net.state_dict().items()}
+                self.log.best_epoch = epoch + 1
+            else:
+                since_best += 1
+                if since_best >= settings.patience:
+                    log.info("ranker %s: no better for %d epochs, stopping", self.name, settings.patience)
+                    break
+        self.net.load_state_dict(best_state)
+        self.net.eval()
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def score(self, users: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Scores for every item; items outside the candidate set rank after every candidate.
+
+        `allowed` marks the items a list may hold (default: all). When it is small (e.g. the held-out
+        cold items of the cold-start protocol) every allowed item is a candidate.
+        """
+        base, items = self.base, self.items
+        n_items = base.train.n_items
+        allowed = np.ones(n_items, dtype=bool) if allowed is None else allowed
+        genre_rows = normalised_rows(items.genres.toarray().astype(np.float32))
+        found = candidates_and_features(
+            base, items, genre_rows, items.modalities, self.settings, users, allowed,
+            all_allowed=allowed.sum() <= SCORE_EVERY_ALLOWED_BELOW,
+        )  # fmt: skip
+        features = found.features[:, self.columns]
+        with torch.no_grad():
+            pair_scores = self.net(torch.from_numpy((features - self.mean) / self.std)).numpy()
+        # Non-candidates: after every candidate, in popularity order.
+        scores = (
+            np.broadcast_to(-1e6 + np.log1p(base.item_counts), (len(users), n_items)).astype(np.float32).copy()
+        )
+        position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
+        position[users] = np.arange(len(users))
+        scores[position[found.users], found.items] = pair_scores
+        return scores
+
+
+def fit_variants(
+    train: Interactions, items: ItemSide, settings: RankerSettings, variants: dict[str, list[str] | None]
+) -> dict[str, HybridRanker]:
+    """One ranker per {name: modalities}, all from one training set and one set of base models."""
+    training_set = build_training_set(train, items, settings)
+    base = fit_base_models(train, items, settings, items.modalities)
+    rankers = {}
+    for name, modalities in variants.items():
+        chosen = dataclasses.replace(settings, modalities=tuple(modalities) if modalities is not None else None)
+        rankers[name] = HybridRanker(chosen, name).fit_from(training_set, base, items)
+    return rankers
+
+
+# ---------------------------------------------------------------------------------------------------
+# Artifacts: weights as safetensors, everything else as JSON (no pickled objects)
+
+
+def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict) -> Path:
+    """Write `ranker.safetensors` and `ranker.json` into `folder` (each written whole, then renamed)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{name}": value.contiguous() for name, value in ranker.net.state_dict().items()}
+    tensors |= {
+        "columns": torch.from_numpy(ranker.columns.astype(np.int64)),
+        "feature_mean": torch.from_numpy(ranker.mean),
+        "feature_std": torch.from_numpy(ranker.std),
+    }
+    weights = folder / "ranker.safetensors"
+    save_file(tensors, str(weights.with_suffix(".tmp")))
+    weights.with_suffix(".tmp").replace(weights)
+    description = {
+        "name": ranker.name,
+        "settings": dataclasses.asdict(ranker.settings),
+        "all_modalities": ranker.items.modalities,
+        "feature_names": ranker.feature_names,
+        "training": dataclasses.asdict(ranker.log),
+    } | metadata
+    card = folder / "ranker.json"
+    card.with_suffix(".tmp").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+    card.with_suffix(".tmp").replace(card)
+    return folder
+
+
+def load_ranker(folder: Path, items: ItemSide, base: BaseModels) -> HybridRanker:
+    """A saved ranker, ready to score against `base` (refit from the lake for the date being served)."""
+    from safetensors.torch import load_file
+
+    description = json.loads((folder / "ranker.json").read_text())
+    if description["all_modalities"] != items.modalities:
+        raise ValueError(
+            f"ranker in {folder} was trained on modalities {description['all_modalities']}, "
+            f"but the item vectors have {items.modalities}: retrain it"
+        )
+    settings = dict(description["settings"])
+    settings["modalities"] = tuple(settings["modalities"]) if settings["modalities"] is not None else None
+    ranker = HybridRanker(RankerSettings(**settings), description["name"])
+    tensors = load_file(str(folder / "ranker.safetensors"))
+    ranker.items, ranker.base = items, base
+    ranker.columns = tensors["columns"].numpy()
+    ranker.mean, ranker.std = tensors["feature_mean"].numpy(), tensors["feature_std"].numpy()
+    ranker.net = RankerNet(len(ranker.columns), ranker.settings.hidden, ranker.settings.dropout)
+    ranker.net.load_state_dict(
+        {name.removeprefix("net."): v for name, v in tensors.items() if name.startswith("net.")}
+    )
+    ranker.net.eval()
+    return ranker

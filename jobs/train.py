@@ -1,0 +1,211 @@
+"""Train the hybrid ranker on everything known up to the run date, and save a versioned artifact.
+
+Reads `interactions` (events up to the end of `ds` only, so a backfilled date never sees its future),
+`catalog` (genres) and `item_vectors` (the fused content), fits `jobs.ranking.ranker.HybridRanker`
+with a chronological inner split (the nightly job predicts what users do next), and writes
+`<lake>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`, then points
+`<lake>/_models/ranker/current.json` at it. Training runs on the driver with torch; the data is
+collected once as index arrays (see the README for how it moves to more machines).
+
+Run by the DAG through spark-submit, by `modalrank train`, or by hand:
+    spark-submit jobs/train.py --ds 2026-11-25
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake
+from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.ranking.baselines import ItemSide
+from jobs.ranking.data import IndexedData, index_interactions
+from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS
+from jobs.spark import job_main, spark_session
+
+log = logging.getLogger("modalrank.train")
+
+
+@dataclass(frozen=True)
+class RankingData:
+    """What models train on: indexed interactions, the item side, and where it came from."""
+
+    data: IndexedData
+    items: ItemSide
+    fusion_version: str
+    facts: dict = field(default_factory=dict)
+
+
+def models_dir(config: PipelineConfig) -> Path:
+    if "://" in config.lake:
+        raise ValueError(f"model artifacts need a local or mounted lake path, not {config.lake}")
+    return Path(config.lake) / "_models"
+
+
+def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
+    """Interactions up to the end of `ds`, genres and fused vectors for every catalog item, as numpy."""
+    end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
+    interactions = (
+        lake.read_table(spark, config, INTERACTIONS)
+        .where(F.col("event_time") < F.lit(end_of_day))
+        .select("user_id", "item_id", F.unix_timestamp("event_time").alias("seconds"))
+        .toPandas()
+    )
+    catalog = lake.read_table(spark, config, CATALOG).select("item_id", "genres").toPandas()
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).select(
+        "item_id", "vector", "layout", "block_dims", "fusion_version"
+    )
+    vectors = vectors.toPandas()
+    if vectors.empty:
+        raise ValueError("item_vectors is empty: run the fuse job for this lake first")
+    if interactions.empty:
+        raise ValueError(f"no interactions up to {ds} in {config.lake}")
+    catalog = catalog.sort_values("item_id", ignore_index=True)
+    data = index_interactions(
+        interactions["user_id"].to_numpy(),
+        interactions["item_id"].to_numpy(),
+        interactions["seconds"].to_numpy(),
+        catalog["item_id"].to_numpy(),
+    )
+    items = item_side(data, catalog, vectors)
+    fusion_versions = sorted(vectors["fusion_version"].unique())
+    facts = {
+        "users": int(data.interactions.n_users),
+        "items": int(data.interactions.n_items),
+        "interactions (unique user-item pairs)": len(data.interactions),
+        "items with interactions": int((data.interactions.item_counts() > 0).sum()),
+        "modalities": ", ".join(items.modalities),
+        "fusion version": ", ".join(fusion_versions),
+        "events up to": end_of_day.isoformat(sep=" "),
+    }
+    log.info("ranking data as of %s: %s", ds, facts)
+    return RankingData(data, items, fusion_versions[-1], facts)
+
+
+def item_side(data: IndexedData, catalog, vectors) -> ItemSide:
+    """Per-modality blocks (zeros where an item lacks the modality or a vector) and a genre matrix."""
+    layout = list(vectors["layout"].iloc[0])
+    dims = [int(d) for d in vectors["block_dims"].iloc[0]]
+    index = data.item_index()
+    rows = np.array([index.get(int(item_id), -1) for item_id in vectors["item_id"]])
+    known = rows >= 0
+    matrix = np.zeros((len(data.item_ids), sum(dims)), dtype=np.float32)
+    if known.any():
+        matrix[rows[known]] = np.stack(vectors["vector"].to_numpy()[known]).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(dims)])
+    blocks = {m: matrix[:, offsets[i] : offsets[i + 1]] for i, m in enumerate(layout)}
+    genre_names = sorted({g for genres in catalog["genres"] for g in genres if g})
+    position = {g: i for i, g in enumerate(genre_names)}
+    pairs = [(row, position[g]) for row, genres in enumerate(catalog["genres"]) for g in genres if g]
+    genre_rows, genre_cols = zip(*pairs, strict=True) if pairs else ((), ())
+    genres = sp.csr_matrix(
+        (np.ones(len(pairs), dtype=np.float32), (genre_rows, genre_cols)),
+        shape=(len(data.item_ids), max(1, len(genre_names))),
+    )
+    return ItemSide(blocks, genres)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainReport:
+    ds: str
+    version: str = ""
+    artifact: str = ""
+    facts: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    epochs: list = field(default_factory=list)
+    training_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData) -> str:
+    """Same settings, fusion and data as of the same date: the same version (and the same weights)."""
+    pairs = data.interactions
+    fingerprint = hashlib.sha256()
+    for array in (data.user_ids[pairs.users], data.item_ids[pairs.items], pairs.times):
+        fingerprint.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    payload = json.dumps({"settings": asdict(settings), "fusion": fusion_version, "ds": ds.isoformat()})
+    return "ranker-" + hashlib.sha256(payload.encode() + fingerprint.digest()).hexdigest()[:12]
+
+
+def run_train(spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None) -> TrainReport:
+    from jobs.ranking.ranker import HybridRanker, RankerSettings, save_ranker
+
+    started = time.monotonic()
+    settings = settings or RankerSettings(inner_holdout="chrono")
+    loaded = load_ranking_data(spark, config, ds)
+    report = TrainReport(ds.isoformat(), facts=loaded.facts)
+    report.version = ranker_version(settings, loaded.fusion_version, ds, loaded.data)
+    ranker = HybridRanker(settings).fit(loaded.data.interactions, loaded.items)
+    folder = models_dir(config) / "ranker" / report.version
+    metadata = {
+        "version": report.version,
+        "trained_ds": ds.isoformat(),
+        "fusion_version": loaded.fusion_version,
+        "data": loaded.facts,
+    }
+    save_ranker(ranker, folder, metadata)
+    pointer = models_dir(config) / "ranker" / "current.json"
+    pointer.with_suffix(".tmp").write_text(json.dumps({"version": report.version, "ds": ds.isoformat()}) + "\n")
+    pointer.with_suffix(".tmp").replace(pointer)
+    report.artifact = str(folder)
+    report.best_epoch, report.epochs = ranker.log.best_epoch, ranker.log.epochs
+    report.training_seconds = ranker.log.seconds
+    report.seconds = round(time.monotonic() - started, 1)
+    write_report(config, report)
+    return report
+
+
+def write_report(config: PipelineConfig, report: TrainReport) -> Path:
+    folder = config.reports_dir / report.ds
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
+    lines = [
+        f"# Train ranker — run date {report.ds}",
+        "",
+        f"Version `{report.version}` in `{report.artifact}`. Training took {report.training_seconds} s "
+        f"({report.seconds} s with loading); best epoch {report.best_epoch} of {len(report.epochs)}.",
+        "",
+        "| fact | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in report.facts.items()),
+        "",
+        "| epoch | loss | validation nDCG@10 | validation cold nDCG@20 |",
+        "|---:|---:|---:|---:|",
+        *(f"| {e['epoch']} | {e['loss']} | {e['val_ndcg@10']} | {e['val_cold_ndcg@20']} |" for e in report.epochs),
+    ]
+    (folder / "train.md").write_text("\n".join(lines) + "\n")
+    return folder / "train.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+
+
+def run_from_args(args: argparse.Namespace) -> TrainReport:
+    config = load_config(lake=args.lake)
+    with spark_session("modalrank-train", config) as spark:
+        report = run_train(spark, config, args.ds)
+    log.info("trained %s in %.1f s: %s", report.version, report.training_seconds, report.artifact)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(__doc__, add_arguments, run_from_args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
