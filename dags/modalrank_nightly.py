@@ -1,4 +1,4 @@
-"""modalrank nightly: ingest the catalog and interactions for the run date, then extract features.
+"""modalrank nightly: ingest, extract features per modality, fuse them, train the ranker, evaluate it.
 
 Each task is one Spark job from `jobs/`, submitted through the `modalrank_spark` connection (local
 mode unless the connection names a cluster master). Every job takes the run date (`ds`) and is
@@ -8,6 +8,11 @@ After `ingest`, one task per modality extracts features in parallel (`extract_te
 `extract_image`, `extract_audio`, `extract_video`), plus one `import_<name>` task for each
 precomputed vector file configured in `MODALRANK_IMPORTED_VECTORS`. Extraction is incremental: items
 whose content and extractor version are unchanged are skipped.
+
+When every extractor is done, `fuse` writes one vector per item (`item_vectors`), `train_ranker`
+fits the hybrid ranker on interactions up to the run date and saves a versioned artifact, and
+`evaluate` scores it against the baselines on three protocols (`metrics`, `eval_truth`,
+`eval_lists`, and an HTML report under `_reports/<ds>/`).
 
 Params pick the input: the built-in demo data by default, or a MovieLens folder
 (`movielens`) with optional `overviews` / `posters` / `audio` / `video`, or a generic
@@ -45,7 +50,7 @@ def spark_job(task_id: str, module: str, arguments: list[str]) -> SparkSubmitOpe
 
 with DAG(
     dag_id="modalrank_nightly",
-    description="Nightly multimodal recommendations: ingest, extract",
+    description="Nightly multimodal recommendations: ingest, extract, fuse, train, evaluate",
     doc_md=__doc__,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
@@ -71,6 +76,7 @@ with DAG(
         "audio": Param("", type="string", description="folder of <item_id>.wav|…"),
         "video": Param("", type="string", description="folder of <item_id>.mp4|…"),
         "force_extract": Param(False, type="boolean", description="recompute every item's features"),
+        "dataset": Param("demo", type="string", description="label of the evaluation's rows, e.g. ml-latest-small"),
     },
 ) as dag:
     ingest = spark_job(
@@ -99,16 +105,20 @@ with DAG(
         ],  # fmt: skip
     )
 
-    for modality in ("text", "image", "audio", "video"):
-        ingest >> spark_job(
+    run_date = ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}"]
+    extractors = [
+        spark_job(
             f"extract_{modality}",
             "extract",
-            ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--modality", modality]
-            + ["--force", "{{ params.force_extract }}"],
+            [*run_date, "--modality", modality, "--force", "{{ params.force_extract }}"],
         )
-    for name, vectors in sorted(config.imported_vectors.items()):
-        ingest >> spark_job(
-            f"import_{name}",
-            "import_vectors",
-            ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--name", name, "--vectors", vectors],
-        )
+        for modality in ("text", "image", "audio", "video")
+    ]
+    extractors += [
+        spark_job(f"import_{name}", "import_vectors", [*run_date, "--name", name, "--vectors", vectors])
+        for name, vectors in sorted(config.imported_vectors.items())
+    ]
+    fuse = spark_job("fuse", "fuse", run_date)
+    train_ranker = spark_job("train_ranker", "train", run_date)
+    evaluate = spark_job("evaluate", "evaluate", [*run_date, "--dataset", "{{ params.dataset }}"])
+    ingest >> extractors >> fuse >> train_ranker >> evaluate

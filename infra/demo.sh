@@ -20,15 +20,16 @@ airflow dags test modalrank_nightly "$run_date" >"$AIRFLOW_HOME/demo-$run_date.l
   exit 1
 }
 # The jobs' own progress lines, without Airflow's and Spark's chatter.
-grep -oE "INFO modalrank\.[a-z_]+: .*\[airflow" "$AIRFLOW_HOME/demo-$run_date.log" | grep -v " worker: " \
+grep -oE "INFO modalrank\.[a-z_]+: .*\[airflow" "$AIRFLOW_HOME/demo-$run_date.log" | grep -vE " worker: |: epoch " \
   | sed 's/ \[airflow$//' || true
 grep -q "state=success" "$AIRFLOW_HOME/demo-$run_date.log"
 
 echo
 modalrank tables --lake "$lake"
 echo
-for report in ingest extract_text extract_image extract_audio extract_video; do
+for report in ingest extract_text extract_image extract_audio extract_video fuse train evaluate_demo; do
   cat "$lake/_reports/$run_date/$report.md"
   echo
 done
+echo "demo: evaluation report with plots: $lake/_reports/$run_date/evaluate_demo.html"
 echo "demo: done in $(( $(date +%s) - started )) s; reports: $lake/_reports/$run_date/"

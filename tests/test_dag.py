@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, SMALL_DEMO
 
 from jobs import lake
-from jobs.schemas import CATALOG, INTERACTIONS, QUARANTINE, features_table
+from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, METRICS, QUARANTINE, features_table
 
 pytestmark = pytest.mark.airflow
 
@@ -45,11 +46,14 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.max_active_runs == 1
     assert dag.schedule == "@daily"
     extractors = {f"extract_{m}" for m in ("text", "image", "audio", "video")}
-    assert {task.task_id for task in dag.tasks} == {"ingest"} | extractors
-    # The extractors run in parallel, each right after ingestion.
+    assert {task.task_id for task in dag.tasks} == {"ingest", "fuse", "train_ranker", "evaluate"} | extractors
+    # The extractors run in parallel, each right after ingestion; fusion waits for all of them.
     assert dag.get_task("ingest").downstream_task_ids == extractors
     for task_id in extractors:
         assert dag.get_task(task_id).upstream_task_ids == {"ingest"}
+    assert dag.get_task("fuse").upstream_task_ids == extractors
+    assert dag.get_task("train_ranker").upstream_task_ids == {"fuse"}
+    assert dag.get_task("evaluate").upstream_task_ids == {"train_ranker"}
 
 
 def test_imported_vectors_add_one_task_each(monkeypatch):
@@ -63,6 +67,7 @@ def test_imported_vectors_add_one_task_each(monkeypatch):
     spec.loader.exec_module(module)
     task = module.dag.get_task("import_mmtf_avf")
     assert task.upstream_task_ids == {"ingest"}
+    assert "import_mmtf_avf" in module.dag.get_task("fuse").upstream_task_ids
     assert task.application.endswith("jobs/import_vectors.py")
     assert task.application_args[-4:] == ["--name", "mmtf_avf", "--vectors", "/data/avf.csv"]
 
@@ -101,3 +106,17 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
         assert features.count() == SMALL_DEMO.items
         assert features.where("status = 'failed'").count() == 0
         assert (reports / f"extract_{modality}.md").is_file()
+    vectors = lake.read_table(spark, lake_config, ITEM_VECTORS)
+    assert vectors.count() == SMALL_DEMO.items
+    assert vectors.select("layout").first()["layout"] == ["audio", "image", "text", "video"]
+    # The ranker's artifact, and an evaluation of it against the baselines on all three protocols.
+    pointer = json.loads((Path(lake_config.lake) / "_models" / "ranker" / "current.json").read_text())
+    artifact = Path(lake_config.lake) / "_models" / "ranker" / pointer["version"]
+    assert (artifact / "ranker.safetensors").is_file() and (artifact / "ranker.json").is_file()
+    metrics = lake.read_table(spark, lake_config, METRICS).where("dataset = 'demo'").toPandas()
+    assert set(metrics.protocol) == {"random_75_25", "chrono_80_20", "item_cold_20"}
+    assert {"ranker", "ease", "als", "item_knn", "popularity"} <= set(metrics[metrics.protocol == "random_75_25"].model)
+    assert {"ranker", "random", "genre", "ranker-only-text", "ranker-without-text"} <= set(
+        metrics[metrics.protocol == "item_cold_20"].model
+    )
+    assert (reports / "evaluate_demo.html").is_file() and (reports / "train.md").is_file()
