@@ -76,7 +76,9 @@ with DAG(
         "audio": Param("", type="string", description="folder of <item_id>.wav|…"),
         "video": Param("", type="string", description="folder of <item_id>.mp4|…"),
         "force_extract": Param(False, type="boolean", description="recompute every item's features"),
-        "dataset": Param("demo", type="string", description="label of the evaluation's rows, e.g. ml-latest-small"),
+        "dataset": Param(
+            "demo", type="string", description="label of the evaluation's rows, e.g. ml-latest-small"
+        ),
     },
 ) as dag:
     ingest = spark_job(

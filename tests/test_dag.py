@@ -115,7 +115,9 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
     assert (artifact / "ranker.safetensors").is_file() and (artifact / "ranker.json").is_file()
     metrics = lake.read_table(spark, lake_config, METRICS).where("dataset = 'demo'").toPandas()
     assert set(metrics.protocol) == {"random_75_25", "chrono_80_20", "item_cold_20"}
-    assert {"ranker", "ease", "als", "item_knn", "popularity"} <= set(metrics[metrics.protocol == "random_75_25"].model)
+    assert {"ranker", "ease", "als", "item_knn", "popularity"} <= set(
+        metrics[metrics.protocol == "random_75_25"].model
+    )
     assert {"ranker", "random", "genre", "ranker-only-text", "ranker-without-text"} <= set(
         metrics[metrics.protocol == "item_cold_20"].model
     )
