@@ -112,6 +112,14 @@ class EaseScorer:
         return scores
 
 
+def keep_nearest(similarity: np.ndarray, neighbours: int, axis: int) -> None:
+    """Zero, in place, every similarity below the `neighbours`-th largest along `axis` (ties are kept)."""
+    keep = min(neighbours, similarity.shape[axis] - 1)
+    if keep > 0:
+        threshold = np.take(-np.partition(-similarity, keep - 1, axis=axis), keep - 1, axis=axis)
+        similarity[similarity < np.expand_dims(threshold, axis)] = 0.0
+
+
 @dataclass
 class ItemKnnScorer:
     """Item-based kNN: cosine similarity of item columns, each item keeping its `neighbours` nearest."""
@@ -128,11 +136,8 @@ class ItemKnnScorer:
         norms = np.sqrt(np.diag(co_counts))
         similarity = co_counts / (np.outer(norms, norms) + self.shrink)
         np.fill_diagonal(similarity, 0.0)
-        # Keep each column's top neighbours: user scores sum over their items' nearest neighbours.
-        keep = min(self.neighbours, similarity.shape[0] - 1)
-        if keep > 0:
-            threshold = -np.partition(-similarity, keep - 1, axis=0)[keep - 1]
-            similarity[similarity < threshold[None, :]] = 0.0
+        # Each item keeps its nearest neighbours: user scores sum over their items' nearest neighbours.
+        keep_nearest(similarity, self.neighbours, axis=0)
         self.similarity = sp.csr_matrix(similarity.astype(np.float32))
         return self
 
@@ -159,10 +164,7 @@ class UserKnnScorer:
         overlap = np.asarray((self.matrix[users] @ self.matrix.T).todense(), dtype=np.float32)
         similarity = overlap / (np.outer(self.norms[users], self.norms) + self.shrink)
         similarity[np.arange(len(users)), users] = 0.0
-        keep = min(self.neighbours, similarity.shape[1] - 1)
-        if keep > 0:
-            threshold = -np.partition(-similarity, keep - 1, axis=1)[:, keep - 1]
-            similarity[similarity < threshold[:, None]] = 0.0
+        keep_nearest(similarity, self.neighbours, axis=1)
         return np.asarray(sp.csr_matrix(similarity) @ self.matrix.todense(), dtype=np.float32)
 
 

@@ -93,9 +93,9 @@ class BaseModels:
     time_index: np.ndarray  # sorted item * 2^40 + time, for windowed counts
     profiles: dict[str, np.ndarray]
     genre_profiles: np.ndarray
-    seen: object  # csr users × items
-    recent: object  # csr users × items: recency weights, 1 for the latest item, decaying with position
-    neighbours: object  # csr items × items: how often two items sit within a few positions of each other
+    seen: sp.csr_matrix  # users × items, binary
+    recent: sp.csr_matrix  # users × items: recency weights, 1 for the latest item, decaying with position
+    neighbours: sp.csr_matrix  # items × items: how often two items sit within a few positions of each other
 
 
 def user_sequences(train: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,10 +136,8 @@ def sequence_neighbours(train: Interactions, window: int) -> sp.csr_matrix:
 
 
 def _time_key(items: np.ndarray, times: np.ndarray) -> np.ndarray:
-    return items.astype(np.int64) * (1 << 40) + (times.astype(np.int64) - _EPOCH_SHIFT)
-
-
-_EPOCH_SHIFT = 0  # times are seconds since 1970 (< 2^40 until year 36812)
+    """One sortable key per (item, time): item in the high bits, seconds since 1970 (< 2^40) in the low."""
+    return items.astype(np.int64) * (1 << 40) + times.astype(np.int64)
 
 
 def fit_base_models(
