@@ -3,12 +3,23 @@
 Reads `interactions` (events up to the end of `ds` only, so a backfilled date never sees its future),
 `catalog` (genres) and `item_vectors` (the fused content), fits `jobs.ranking.ranker.HybridRanker`
 with a chronological inner split (the nightly job predicts what users do next), and writes
-`<lake>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`, then points
-`<lake>/_models/ranker/current.json` at it. Training runs on the driver with torch; the data is
-collected once as index arrays (see the README for how it moves to more machines).
+`<lake>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`. Training runs on the driver with
+torch; the data is collected once as index arrays (see the README for how it moves to more machines).
+
+Cadence: with `--every-days N` the network is trained only on a fixed grid of dates (ordinal days
+divisible by N: for N = 7, Sundays), and every other date serves the model of the latest grid date on or
+before it. The model a date gets therefore depends on the date alone, never on the order in which
+dates ran, and never on interactions after that date: a backfill of any range, in any order, reuses or
+trains exactly the same artifacts. Reuse is by version (settings, fusion, data up to the grid date):
+an artifact already on disk is not trained again. (The serving base models — EASE, kNN, popularity —
+are refit on data up to the run date itself by `jobs.publish`, so the lists still use the day's
+interactions.)
+
+Pointers: `_models/ranker/by_ds/<ds>.json` names the model for run date `ds` (what `jobs.publish`
+serves), and `_models/ranker/current.json` the model of the newest run date so far.
 
 Run by the DAG through spark-submit, by `modalrank train`, or by hand:
-    spark-submit jobs/train.py --ds 2026-11-25
+    spark-submit jobs/train.py --ds 2026-11-25 [--every-days 7]
 """
 
 from __future__ import annotations
@@ -122,6 +133,9 @@ def item_side(data: IndexedData, catalog, vectors) -> ItemSide:
 @dataclass
 class TrainReport:
     ds: str
+    trained_ds: str = ""  # the grid date whose data the network saw (== ds when training daily)
+    every_days: int = 1
+    reused: bool = False  # the artifact for trained_ds existed: nothing was trained this run
     version: str = ""
     artifact: str = ""
     facts: dict = field(default_factory=dict)
@@ -129,6 +143,14 @@ class TrainReport:
     epochs: list = field(default_factory=list)
     training_seconds: float = 0.0
     seconds: float = 0.0
+
+
+def training_date(ds: dt.date, every_days: int) -> dt.date:
+    """The grid date whose model serves `ds`: the latest date on or before `ds` whose ordinal is a
+    multiple of `every_days` (every date when 1; Sundays when 7)."""
+    if every_days < 1:
+        raise ValueError(f"--every-days must be at least 1, got {every_days}")
+    return dt.date.fromordinal(ds.toordinal() - ds.toordinal() % every_days)
 
 
 def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData) -> str:
@@ -141,29 +163,55 @@ def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData
     return "ranker-" + hashlib.sha256(payload.encode() + fingerprint.digest()).hexdigest()[:12]
 
 
-def run_train(spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None) -> TrainReport:
+def _write_pointer(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(payload, sort_keys=True) + "\n")
+    path.with_suffix(".tmp").replace(path)  # atomic: a reader sees the old pointer or the new one
+
+
+def date_pointer(config: PipelineConfig, ds: dt.date) -> Path:
+    """`_models/ranker/by_ds/<ds>.json`: which model serves run date `ds`."""
+    return models_dir(config) / "ranker" / "by_ds" / f"{ds.isoformat()}.json"
+
+
+def run_train(
+    spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None, every_days: int = 1
+) -> TrainReport:
     from jobs.ranking.ranker import HybridRanker, RankerSettings, save_ranker
 
     started = time.monotonic()
     settings = settings or RankerSettings(inner_holdout="chrono")
-    loaded = load_ranking_data(spark, config, ds)
-    report = TrainReport(ds.isoformat(), facts=loaded.facts)
-    report.version = ranker_version(settings, loaded.fusion_version, ds, loaded.data)
-    ranker = HybridRanker(settings).fit(loaded.data.interactions, loaded.items)
+    trained_ds = training_date(ds, every_days)
+    loaded = load_ranking_data(spark, config, trained_ds)
+    report = TrainReport(ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts)
+    report.version = ranker_version(settings, loaded.fusion_version, trained_ds, loaded.data)
     folder = models_dir(config) / "ranker" / report.version
-    metadata = {
-        "version": report.version,
-        "trained_ds": ds.isoformat(),
-        "fusion_version": loaded.fusion_version,
-        "data": loaded.facts,
-    }
-    save_ranker(ranker, folder, metadata)
-    pointer = models_dir(config) / "ranker" / "current.json"
-    pointer.with_suffix(".tmp").write_text(json.dumps({"version": report.version, "ds": ds.isoformat()}) + "\n")
-    pointer.with_suffix(".tmp").replace(pointer)
     report.artifact = str(folder)
-    report.best_epoch, report.epochs = ranker.log.best_epoch, ranker.log.epochs
-    report.training_seconds = ranker.log.seconds
+    if (folder / "ranker.json").is_file() and (folder / "ranker.safetensors").is_file():
+        report.reused = True
+        log.info(
+            "ranker %s (data up to %s, every %d days) is already trained: serving it for %s",
+            report.version, trained_ds, every_days, ds,
+        )  # fmt: skip
+    else:
+        if trained_ds != ds:
+            log.info("ds=%s trains the model of grid date %s (every %d days)", ds, trained_ds, every_days)
+        ranker = HybridRanker(settings).fit(loaded.data.interactions, loaded.items)
+        metadata = {
+            "version": report.version,
+            "trained_ds": trained_ds.isoformat(),
+            "fusion_version": loaded.fusion_version,
+            "data": loaded.facts,
+        }
+        save_ranker(ranker, folder, metadata)
+        report.best_epoch, report.epochs = ranker.log.best_epoch, ranker.log.epochs
+        report.training_seconds = ranker.log.seconds
+    pointer = {"version": report.version, "ds": ds.isoformat(), "trained_ds": trained_ds.isoformat()}
+    _write_pointer(date_pointer(config, ds), pointer)
+    current = models_dir(config) / "ranker" / "current.json"
+    # A backfill of older dates must not move `current` back to an older model.
+    if not current.is_file() or json.loads(current.read_text()).get("ds", "") <= ds.isoformat():
+        _write_pointer(current, pointer)
     report.seconds = round(time.monotonic() - started, 1)
     write_report(config, report)
     return report
@@ -176,8 +224,14 @@ def write_report(config: PipelineConfig, report: TrainReport) -> Path:
     lines = [
         f"# Train ranker — run date {report.ds}",
         "",
-        f"Version `{report.version}` in `{report.artifact}`. Training took {report.training_seconds} s "
-        f"({report.seconds} s with loading); best epoch {report.best_epoch} of {len(report.epochs)}.",
+        (
+            f"Reused `{report.version}` (trained on data up to {report.trained_ds}; a model every "
+            f"{report.every_days} days): nothing trained this run, {report.seconds} s."
+            if report.reused
+            else f"Version `{report.version}` in `{report.artifact}`, trained on data up to {report.trained_ds}. "
+            f"Training took {report.training_seconds} s ({report.seconds} s with loading); best epoch "
+            f"{report.best_epoch} of {len(report.epochs)}."
+        ),
         "",
         "| fact | value |",
         "|---|---|",
@@ -193,13 +247,23 @@ def write_report(config: PipelineConfig, report: TrainReport) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
+    parser.add_argument(
+        "--every-days",
+        type=int,
+        default=1,
+        help="train a new model only on dates whose ordinal is a multiple of this (7: Sundays); other dates "
+        "reuse the latest such date's model (default: %(default)s, every date)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> TrainReport:
     config = load_config(lake=args.lake)
     with spark_session("modalrank-train", config) as spark:
-        report = run_train(spark, config, args.ds)
-    log.info("trained %s in %.1f s: %s", report.version, report.training_seconds, report.artifact)
+        report = run_train(spark, config, args.ds, every_days=args.every_days)
+    log.info(
+        "%s %s in %.1f s: %s",
+        "reused" if report.reused else "trained", report.version, report.training_seconds, report.artifact,
+    )  # fmt: skip
     return report
 
 
