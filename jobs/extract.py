@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from jobs import lake
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_main, spark_session, threads_per_task
 
 log = logging.getLogger("modalrank.extract")
 
@@ -158,13 +157,6 @@ def extract_partition(modality: str, threads: int):
 # Driver side
 
 
-def _threads_per_task(spark: SparkSession) -> int:
-    context = spark.sparkContext
-    if context.master.startswith("local"):
-        return max(1, (os.cpu_count() or 1) // max(1, context.defaultParallelism))
-    return int(context.getConf().get("spark.task.cpus", "1"))
-
-
 def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: str, version: str, force: bool):
     """Catalog items whose `features_<modality>` row is absent or out of date, with their inputs."""
     spec = MODALITY_INPUTS[modality]
@@ -239,7 +231,7 @@ def run_extract(
         extracted = (
             work.where(has_input)
             .repartition(partitions)
-            .mapInPandas(extract_partition(modality, _threads_per_task(spark)), _RESULT_SCHEMA)
+            .mapInPandas(extract_partition(modality, threads_per_task(spark)), _RESULT_SCHEMA)
         )
         results = results.unionByName(extracted)
     with stage_progress(spark, f"extract_{modality}", n_extract):

@@ -140,7 +140,9 @@ ITEM_VECTORS = TableSpec(
             _field("block_dims", ArrayType(IntegerType()), False, "each block's length, in layout order"),
             _field("mask", ArrayType(BooleanType()), False, "true where the item has that modality"),
             _field("modalities", ArrayType(StringType()), False, "the modalities the item has"),
-            _field("fusion_version", StringType(), False, "changes whenever the same features would fuse differently"),
+            _field(
+                "fusion_version", StringType(), False, "changes whenever the same features would fuse differently"
+            ),
             _field("fused_ds", DateType(), False, "run date of the fusion"),
             _field("fused_at", TimestampType(), False),
         ]
@@ -201,7 +203,26 @@ EVAL_LISTS = TableSpec(
     ),
 )
 
-ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS)
+# What the pipeline publishes: each eligible user's top-K for a run date, checked before it is written.
+RECOMMENDATIONS = TableSpec(
+    name="recommendations",
+    description="Each user's top-K items for a run date, from the current ranker. Partitioned by run date.",
+    partition_by=("ds",),
+    schema=StructType(
+        [
+            _field("ds", DateType(), False, "run date: lists use interactions up to the end of it"),
+            _field("user_id", LongType(), False, "every user with an interaction up to the end of ds"),
+            _field("rank", IntegerType(), False, "1 = first; 1..n without gaps"),
+            _field("item_id", LongType(), False, "an available catalog item the user has not interacted with"),
+            _field("score", DoubleType(), False, "the ranker's score; non-increasing by rank"),
+            _field("model_version", StringType(), False, "the ranker artifact that scored the list"),
+            _field("generated_at", TimestampType(), False, "end of the run date (ds + 1 day, 00:00 UTC)"),
+            _field("modalities", ArrayType(StringType()), False, "the modalities the item has (item_vectors)"),
+        ]
+    ),
+)
+
+ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS, RECOMMENDATIONS)
 
 
 def column_names(spec: TableSpec) -> list[str]:

@@ -59,6 +59,15 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     return settings
 
 
+def threads_per_task(spark) -> int:
+    """Torch threads for one Spark task: its share of the machine's cores in local mode (tasks run side
+    by side in one machine), or `spark.task.cpus` on a cluster."""
+    context = spark.sparkContext
+    if context.master.startswith("local"):
+        return max(1, (os.cpu_count() or 1) // max(1, context.defaultParallelism))
+    return int(context.getConf().get("spark.task.cpus", "1"))
+
+
 def _running_under_spark_submit() -> bool:
     # spark-submit starts the Python driver with a gateway to its own JVM; master, jars and memory were
     # fixed on its command line and must not be overridden here.

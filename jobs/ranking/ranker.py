@@ -634,3 +634,109 @@ def load_ranker(folder: Path, items: ItemSide, base: BaseModels) -> HybridRanker
     )
     ranker.net.eval()
     return ranker
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving artifacts: base models and item side as plain arrays (safetensors) plus a JSON layout, so the
+# Python workers that score users in Spark load what the driver fitted instead of refitting it, and
+# nothing is ever unpickled. Sparse matrices are stored as their CSR arrays (data, indices, indptr)
+# with the shape in the JSON. The layout walks the dataclasses' fields, so a field added to
+# `BaseModels` is saved without touching this code (arrays, CSR matrices, dicts and scalars only).
+
+_SERVABLE_CLASSES = {
+    cls.__name__: cls for cls in (BaseModels, Interactions, EaseScorer, ItemKnnScorer, UserKnnScorer, ItemSide)
+}
+_SERVING_FORMAT = 1
+
+
+def _flatten(value: object, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    """The JSON layout of `value`; its arrays go into `arrays` under keys that start with `key`."""
+    if value is None:
+        return {"kind": "none"}
+    if isinstance(value, np.ndarray):
+        arrays[key] = np.ascontiguousarray(value)
+        return {"kind": "array"}
+    if sp.issparse(value):
+        csr = sp.csr_matrix(value)
+        for part in ("data", "indices", "indptr"):
+            arrays[f"{key}.{part}"] = np.ascontiguousarray(getattr(csr, part))
+        return {"kind": "csr", "shape": [int(n) for n in csr.shape]}
+    if isinstance(value, dict):
+        # A list, not a JSON object: the order is meaningful (ItemSide.blocks is the modality order).
+        return {"kind": "dict", "entries": [[str(k), _flatten(v, f"{key}.{k}", arrays)] for k, v in value.items()]}
+    if dataclasses.is_dataclass(value) and type(value).__name__ in _SERVABLE_CLASSES:
+        fields = {
+            f.name: _flatten(getattr(value, f.name), f"{key}.{f.name}", arrays) for f in dataclasses.fields(value)
+        }
+        return {"kind": "object", "class": type(value).__name__, "fields": fields}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, int, float, str)):
+        return {"kind": "value", "value": value}
+    raise TypeError(f"cannot save {key} of type {type(value).__name__} as a serving artifact")
+
+
+def _unflatten(layout: dict, key: str, arrays: dict[str, np.ndarray]) -> object:
+    kind = layout["kind"]
+    if kind == "none":
+        return None
+    if kind == "array":
+        return arrays[key]
+    if kind == "csr":
+        parts = (arrays[f"{key}.data"], arrays[f"{key}.indices"], arrays[f"{key}.indptr"])
+        return sp.csr_matrix(parts, shape=tuple(layout["shape"]))
+    if kind == "dict":
+        return {k: _unflatten(v, f"{key}.{k}", arrays) for k, v in layout["entries"]}
+    if kind == "object":
+        cls = _SERVABLE_CLASSES[layout["class"]]  # only known classes: the JSON never names code to run
+        return cls(**{name: _unflatten(v, f"{key}.{name}", arrays) for name, v in layout["fields"].items()})
+    if kind == "value":
+        return layout["value"]
+    raise ValueError(f"unknown serving artifact entry {kind!r} at {key}")
+
+
+def _save_servable(value: object, path: Path) -> Path:
+    """`path` (.safetensors) and its .json layout, each written whole, then renamed."""
+    from safetensors.numpy import save_file
+
+    arrays: dict[str, np.ndarray] = {}
+    layout = {"format": _SERVING_FORMAT, "root": _flatten(value, "root", arrays)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(arrays, str(temporary))
+    temporary.replace(path)
+    card = path.with_suffix(".json")
+    card.with_name(f".{card.name}.tmp").write_text(json.dumps(layout, indent=1) + "\n")
+    card.with_name(f".{card.name}.tmp").replace(card)
+    return path
+
+
+def _load_servable(path: Path, expected: type) -> object:
+    from safetensors.numpy import load_file
+
+    layout = json.loads(path.with_suffix(".json").read_text())
+    if layout.get("format") != _SERVING_FORMAT:
+        raise ValueError(f"{path} has serving format {layout.get('format')}, this code reads {_SERVING_FORMAT}")
+    value = _unflatten(layout["root"], "root", load_file(str(path)))
+    if not isinstance(value, expected):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a {expected.__name__}")
+    return value
+
+
+def save_base_models(base: BaseModels, path: Path) -> Path:
+    """Write `base` to `path` (e.g. `base.safetensors`) and `base.json` beside it."""
+    return _save_servable(base, path)
+
+
+def load_base_models(path: Path) -> BaseModels:
+    """The `BaseModels` that `save_base_models` wrote, array for array."""
+    return _load_servable(path, BaseModels)
+
+
+def save_item_side(items: ItemSide, path: Path) -> Path:
+    """Write the item side (modality blocks in order, genres) to `path` and a .json beside it."""
+    return _save_servable(items, path)
+
+
+def load_item_side(path: Path) -> ItemSide:
+    return _load_servable(path, ItemSide)

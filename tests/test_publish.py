@@ -1,0 +1,421 @@
+"""Publish: top-K lists that pass the gate, reruns that change nothing, and a gate that stops bad lists.
+
+Three tiers: pure numpy (the per-block top K, the serving artifact round trip), the gate on small
+hand-made DataFrames (each planted fault fails exactly its check), and end to end on a small demo
+lake (ingest, two imported modalities, fuse, train, publish with K = 10). The end-to-end tests share
+one lake and run in file order: the first publish, an earlier date, a rerun, a blocked publish.
+Expectations are recomputed with pandas from the lake's own tables, not from the job's models.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs import lake
+from jobs.demo_data import DemoDataConfig, generate_demo_data
+from jobs.publish import PublishGateError, block_lists, check_lists, run_publish, user_blocks
+from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
+
+DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
+DS = DEMO.end_date
+EARLIER = DS - dt.timedelta(days=7)
+K = 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure numpy
+
+
+def test_block_lists_cut_k_among_eligible_unseen_items_ties_by_item_index():
+    scores = np.array(
+        [
+            [0.5, 0.9, 0.9, 0.1, 0.7],  # item 1 and 2 tie: the lower index first
+            [0.3, 0.2, 0.8, 0.6, 0.4],  # has seen items 2 and 3: only 0 and 1 are left (item 4 is unavailable)
+        ],
+        dtype=np.float32,
+    )
+    seen = np.array([[False, False, False, False, False], [False, False, True, True, False]])
+    eligible = np.array([True, True, True, True, False])
+    lists = block_lists(scores, seen, eligible, k=3)
+    assert lists[["row", "rank", "item"]].values.tolist() == [
+        [0, 1, 1],
+        [0, 2, 2],
+        [0, 3, 0],
+        [1, 1, 0],
+        [1, 2, 1],
+    ]
+    assert lists["score"].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.3, 0.2])
+
+
+def _tiny_ranking_inputs():
+    from jobs.ranking.baselines import ItemSide
+    from jobs.ranking.data import Interactions
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), 4).astype(np.int32)
+    items = np.concatenate([rng.choice(9, size=4, replace=False) for _ in range(6)]).astype(np.int32)
+    times = (1_700_000_000 + rng.integers(0, 10**6, size=len(users))).astype(np.int64)
+    train = Interactions(users, items, times, n_users=6, n_items=10)  # item 9: nobody has it (cold)
+    blocks = {m: rng.normal(size=(10, 3)).astype(np.float32) for m in ("text", "image")}
+    blocks["image"][4] = 0.0  # an item without a poster
+    genres = sp_random_binary(rng, 10, 4)
+    return train, ItemSide(blocks, genres)
+
+
+def sp_random_binary(rng, rows: int, cols: int):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((rng.random((rows, cols)) > 0.5).astype(np.float32))
+
+
+def test_base_models_and_item_side_round_trip_through_safetensors(tmp_path):
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from jobs.ranking.ranker import (
+        RankerSettings,
+        candidates_and_features,
+        fit_base_models,
+        load_base_models,
+        load_item_side,
+        save_base_models,
+        save_item_side,
+    )
+
+    train, items = _tiny_ranking_inputs()
+    settings = RankerSettings(knn_neighbours=3, candidates_per_source=4, cold_candidates=2)
+    base = fit_base_models(train, items, settings, items.modalities)
+    save_base_models(base, tmp_path / "base.safetensors")
+    save_item_side(items, tmp_path / "items.safetensors")
+    loaded, loaded_items = (
+        load_base_models(tmp_path / "base.safetensors"),
+        load_item_side(tmp_path / "items.safetensors"),
+    )
+    assert (tmp_path / "base.json").is_file() and not list(tmp_path.glob("*.pkl"))
+
+    def same(a, b, where):
+        if dataclasses.is_dataclass(a):
+            assert type(a) is type(b), where
+            for f in dataclasses.fields(a):
+                same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+        elif isinstance(a, dict):
+            assert list(a) == list(b), where  # order too: it is the modality order
+            for key in a:
+                same(a[key], b[key], f"{where}.{key}")
+        elif sp.issparse(a):
+            assert sp.issparse(b) and a.shape == b.shape and (a != b).nnz == 0, where
+        elif isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype, where
+            np.testing.assert_array_equal(a, b, err_msg=where)
+        else:
+            assert a == b, where
+
+    same(base, loaded, "base")
+    same(items, loaded_items, "items")
+    genre_rows = items.genres.toarray()
+    users, allowed = np.arange(6), np.ones(10, dtype=bool)
+    before = candidates_and_features(base, items, genre_rows, items.modalities, settings, users, allowed)
+    after = candidates_and_features(loaded, loaded_items, genre_rows, items.modalities, settings, users, allowed)
+    np.testing.assert_array_equal(before.features, after.features)
+
+
+@pytest.mark.spark
+def test_user_blocks_never_straddle_two_tasks(spark):
+    partitions = user_blocks(spark, 1000, 256).rdd.map(lambda row: row.user_index).glom().collect()
+    assert sorted(user for part in partitions for user in part) == list(range(1000))
+    blocks = [{user // 256 for user in part} for part in partitions if part]
+    assert len(blocks) > 1 and sum(len(b) for b in blocks) == len(set().union(*blocks)) == 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gate on hand-made lists
+
+
+GOOD_LISTS = [(1, 1, 3, 0.9), (1, 2, 4, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)]
+FAULTS = {
+    "no_duplicates": [(1, 1, 3, 0.9), (1, 2, 3, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "no_seen_items": [(1, 1, 3, 0.9), (1, 2, 1, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "known_items": [(1, 1, 3, 0.9), (1, 2, 99, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "available_items": [(1, 1, 3, 0.9), (1, 2, 6, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "finite_scores": [(1, 1, 3, float("nan")), (1, 2, 4, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "rows_per_user": [(1, 1, 3, 0.9), (1, 2, 4, 0.5), (2, 1, 3, 0.8)],
+    "ranks_and_order": [(1, 1, 3, 0.9), (1, 3, 4, 0.5), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+    "rising scores": [(1, 1, 3, 0.5), (1, 2, 4, 0.9), (2, 1, 3, 0.8), (2, 2, 1, 0.8)],
+}
+
+
+@pytest.fixture
+def gate_inputs(spark):
+    """Items 1–5 available on DS, item 6 from the day after; user 1 has seen item 1, user 2 item 2."""
+    catalog = spark.createDataFrame(
+        [(i, None if i % 2 else DS - dt.timedelta(days=i)) for i in range(1, 6)]
+        + [(6, DS + dt.timedelta(days=1))],
+        "item_id long, available_from date",
+    )
+    seen = spark.createDataFrame([(1, 1), (2, 2)], "user_id long, item_id long")
+    expected = spark.createDataFrame([(1, 2), (2, 2)], "user_id long, rows long")
+    return catalog, seen, expected
+
+
+def lists_frame(spark, rows):
+    return spark.createDataFrame(rows, "user_id long, rank int, item_id long, score double")
+
+
+@pytest.mark.spark
+def test_gate_passes_good_lists_and_measures_drift_by_hand(spark, gate_inputs):
+    catalog, seen, expected = gate_inputs
+    previous = lists_frame(spark, [(1, 1, 3, 0.0), (1, 2, 4, 0.0), (2, 1, 3, 0.0), (2, 2, 5, 0.0)])
+    checks = check_lists(lists_frame(spark, GOOD_LISTS), expected, seen, catalog, DS, previous.drop("score"))
+    assert [c.name for c in checks if not c.passed] == []
+    by_name = {c.name: c for c in checks}
+    # User 2's list went from [3, 5] to [3, 1]: 1 of 2 users changed; kept 2/2 and 1/2 of their items.
+    assert by_name["changed_share"].numbers == {
+        "changed_share": 0.5, "users_compared": 2, "users_changed": 1, "mean_items_kept": 0.75, "new_users": 0,
+    }  # fmt: skip
+    # Items 1, 3, 4 listed of the 5 available on DS (item 6 is not yet).
+    assert by_name["coverage"].numbers["coverage"] == pytest.approx(3 / 5)
+    without_previous = {
+        c.name: c for c in check_lists(lists_frame(spark, GOOD_LISTS), expected, seen, catalog, DS)
+    }
+    assert without_previous["changed_share"].passed and without_previous["changed_share"].detail.startswith(
+        "no earlier"
+    )
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("fault", FAULTS, ids=list(FAULTS))
+def test_each_planted_fault_fails_exactly_its_check(spark, gate_inputs, fault):
+    catalog, seen, expected = gate_inputs
+    checks = check_lists(lists_frame(spark, FAULTS[fault]), expected, seen, catalog, DS)
+    failed = {c.name for c in checks if not c.passed}
+    assert failed == {"ranks_and_order" if fault == "rising scores" else fault}
+    assert all(c.detail for c in checks)
+
+
+@pytest.mark.spark
+def test_drift_limits_fail_only_when_set(spark, gate_inputs):
+    catalog, seen, expected = gate_inputs
+    previous = lists_frame(spark, [(1, 1, 5, 0.0), (1, 2, 4, 0.0), (2, 1, 3, 0.0), (2, 2, 1, 0.0)]).drop("score")
+    lists = lists_frame(spark, GOOD_LISTS)
+    assert all(c.passed for c in check_lists(lists, expected, seen, catalog, DS, previous))
+    strict = check_lists(lists, expected, seen, catalog, DS, previous, max_changed_share=0.4, min_coverage=0.9)
+    assert {c.name for c in strict if not c.passed} == {"changed_share", "coverage"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end on a demo lake
+
+
+def write_vectors(path: Path, vectors: dict[int, np.ndarray]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id", "embedding"])
+        for item_id, vector in vectors.items():
+            writer.writerow([item_id, ",".join(f"{value:.5f}" for value in vector)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_lake(spark, tmp_path_factory):
+    """The demo lake of test_train_evaluate.py (a `taste` and a `noise` modality), trained as of DS."""
+    from jobs.config import load_config
+    from jobs.fuse import run_fuse
+    from jobs.import_vectors import run_import
+    from jobs.ingest import IngestRequest, run_ingest
+    from jobs.train import run_train
+
+    root = tmp_path_factory.mktemp("publish")
+    demo = root / "demo"
+    generate_demo_data(demo, DEMO)
+    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
+    run_ingest(
+        spark, config, IngestRequest(ds=DS, catalog=demo / "catalog.csv", interactions=demo / "interactions.csv")
+    )
+    rng = np.random.default_rng(0)
+    clusters = {
+        int(row["item_id"]): int(row["cluster"]) for row in csv.DictReader((demo / "truth" / "items.csv").open())
+    }
+    centres = rng.normal(size=(DEMO.clusters, 8))
+    taste = {item: centres[cluster] + 0.3 * rng.normal(size=8) for item, cluster in clusters.items()}
+    noise = {item: rng.normal(size=8) for item in clusters}
+    run_import(spark, config, "taste", write_vectors(root / "taste.csv", taste), DS)
+    run_import(spark, config, "noise", write_vectors(root / "noise.csv", noise), DS)
+    run_fuse(spark, config, DS)
+    trained = run_train(spark, config, DS)
+    return config, trained
+
+
+@pytest.fixture(scope="module")
+def published(spark, trained_lake):
+    config, trained = trained_lake
+    report = run_publish(spark, config, DS, k=K)
+    return config, trained, report
+
+
+def partition(spark, config, ds: dt.date) -> pd.DataFrame:
+    rows = lake.read_table(spark, config, RECOMMENDATIONS).where(f"ds = '{ds.isoformat()}'").toPandas()
+    rows["modalities"] = rows["modalities"].map(list)
+    return rows.sort_values(["user_id", "rank"], ignore_index=True)
+
+
+def table_version(spark, config) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, config.table_path(RECOMMENDATIONS.name)).history(1).first()["version"]
+
+
+def expected_lists(spark, config, ds: dt.date) -> tuple[dict[int, set[int]], set[int], set[int]]:
+    """From the lake alone: each eligible user's seen items, the items available on `ds`, and the cold ones."""
+    end = pd.Timestamp(ds + dt.timedelta(days=1))
+    events = lake.read_table(spark, config, INTERACTIONS).toPandas()
+    events = events[events.event_time < end]
+    catalog = lake.read_table(spark, config, CATALOG).toPandas()
+    available = set(catalog[catalog.available_from.isna() | (catalog.available_from <= ds)].item_id)
+    seen = events.groupby("user_id")["item_id"].apply(set).to_dict()
+    return seen, available, available - set(events.item_id)
+
+
+@pytest.mark.spark
+def test_every_eligible_user_gets_k_unseen_available_items_in_rank_order(spark, published):
+    config, trained, report = published
+    rows = partition(spark, config, DS)
+    seen, available, _ = expected_lists(spark, config, DS)
+    assert set(rows.user_id) == set(seen) and report.users == len(seen)
+    for user, items in seen.items():
+        mine = rows[rows.user_id == user]
+        assert len(mine) == min(K, len(available - items)), user
+        assert mine["rank"].tolist() == list(range(1, len(mine) + 1))
+        assert len(set(mine.item_id)) == len(mine)
+        assert not set(mine.item_id) & items  # nothing the user has already seen
+        assert set(mine.item_id) <= available  # only catalog items available on DS
+        assert (np.diff(mine.score.to_numpy()) <= 0).all()
+    assert np.isfinite(rows.score).all()
+    assert len(rows) == report.rows and report.published and report.passed
+    assert set(rows.model_version) == {trained.version} and set(rows.ds) == {DS}
+    assert set(rows.generated_at) == {pd.Timestamp(DS + dt.timedelta(days=1))}  # the run date's end, UTC
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).toPandas().set_index("item_id")["modalities"]
+    assert all(
+        modalities == list(vectors[item]) for item, modalities in zip(rows.item_id, rows.modalities, strict=True)
+    )
+    assert {"noise", "taste"} in [set(m) for m in rows.modalities]
+    # The report: every check passed, in json and md; the serving artifact is gone.
+    card = json.loads((config.reports_dir / DS.isoformat() / "publish.json").read_text())
+    assert card["published"] and {c["name"] for c in card["checks"]} >= {
+        "rows_per_user",
+        "no_duplicates",
+        "coverage",
+    }
+    assert all(c["passed"] for c in card["checks"]) and card["table_version"] == table_version(spark, config)
+    assert {"load data", "fit base models", "score", "gate", "write"} <= set(card["timings"])
+    assert "| no_seen_items | yes |" in (config.reports_dir / DS.isoformat() / "publish.md").read_text()
+    assert not (Path(config.lake) / "_models" / "serving" / DS.isoformat()).exists()
+
+
+@pytest.mark.spark
+def test_cold_items_reach_some_lists(spark, published):
+    config, _, report = published
+    _, _, cold = expected_lists(spark, config, DS)
+    listed = set(partition(spark, config, DS).item_id)
+    assert cold, "the demo should have available items nobody interacted with yet"
+    assert listed & cold
+    assert report.cold_items_listed == len(listed & cold)
+
+
+@pytest.mark.spark
+def test_an_earlier_date_adds_its_own_partition_and_leaves_the_other_alone(spark, published):
+    config, _, _ = published
+    before = partition(spark, config, DS)
+    report = run_publish(spark, config, EARLIER, k=K)
+    assert partition(spark, config, DS).equals(before)
+    earlier = partition(spark, config, EARLIER)
+    seen, available, _ = expected_lists(spark, config, EARLIER)
+    assert set(earlier.user_id) == set(seen) and len(earlier) == report.rows
+    assert set(earlier.item_id) <= available and report.previous_ds is None
+    assert any("after this run date" in note for note in report.notes)  # served by the DS model
+
+
+@pytest.mark.spark
+def test_rerunning_a_date_writes_the_same_rows_in_one_commit(spark, published):
+    config, _, _ = published
+    before, version = partition(spark, config, DS), table_version(spark, config)
+    report = run_publish(spark, config, DS, k=K)
+    assert table_version(spark, config) == version + 1
+    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
+    # Compared with the earlier date now in the table: drift is measured, and it does not fail the gate.
+    assert report.previous_ds == EARLIER.isoformat()
+    assert report.drift["changed_share"]["users_compared"] > 0
+
+
+@pytest.mark.spark
+def test_a_failed_gate_publishes_nothing_and_says_why(spark, published, monkeypatch):
+    import jobs.publish
+
+    config, _, _ = published
+    before, version = partition(spark, config, DS), table_version(spark, config)
+    scored = jobs.publish.score_lists
+
+    def with_a_duplicate(spark, plan, n_users):
+        lists = scored(spark, plan, n_users)
+        return lists.unionByName(lists.orderBy("user_id", "rank").limit(1))
+
+    monkeypatch.setattr(jobs.publish, "score_lists", with_a_duplicate)
+    with pytest.raises(PublishGateError, match="no_duplicates"):
+        run_publish(spark, config, DS, k=K)
+    assert table_version(spark, config) == version
+    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
+    card = json.loads((config.reports_dir / DS.isoformat() / "publish.json").read_text())
+    assert not card["published"] and not card["passed"] and card["table_version"] is None
+    failed = {c["name"] for c in card["checks"] if not c["passed"]}
+    assert "no_duplicates" in failed and "finite_scores" not in failed
+    assert "Nothing published" in (config.reports_dir / DS.isoformat() / "publish.md").read_text()
+
+
+def test_without_a_trained_ranker_the_job_says_to_train_first(lake_config):
+    with pytest.raises(FileNotFoundError, match="run train first"):
+        run_publish(None, lake_config, DS)
+
+
+@pytest.mark.spark
+def test_a_publish_killed_mid_run_leaves_the_partition_whole_and_a_rerun_completes_it(spark, published):
+    """SIGKILL to the whole job (driver, JVM, Python workers) while it scores: no commit, so readers keep
+    the previous lists; the rerun writes the same lists as before and clears what the dead run left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config, _, _ = published
+    before, version = partition(spark, config, DS), table_version(spark, config)
+    serving = Path(config.lake) / "_models" / "serving" / DS.isoformat()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--lake", config.lake, "--k", str(K)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    log = []
+    try:
+        for line in job.stdout:  # the driver logs this once the models are saved, right before scoring
+            log.append(line)
+            if "publish: serving artifact" in line:
+                break
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    assert any("publish: serving artifact" in line for line in log), "".join(log[-30:])
+    assert job.returncode == -signal.SIGKILL
+    assert serving.is_dir()  # the dead run's leftovers
+    assert table_version(spark, config) == version
+    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
+
+    report = run_publish(spark, config, DS, k=K)
+    assert report.published and table_version(spark, config) == version + 1
+    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
+    assert not serving.exists()
