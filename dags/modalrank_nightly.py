@@ -1,4 +1,4 @@
-"""modalrank nightly: ingest, extract features per modality, fuse them, train the ranker, evaluate it.
+"""modalrank nightly: ingest, extract features per modality, fuse, train, evaluate, publish top-K lists.
 
 Each task is one Spark job from `jobs/`, submitted through the `modalrank_spark` connection (local
 mode unless the connection names a cluster master). Every job takes the run date (`ds`) and is
@@ -10,9 +10,17 @@ precomputed vector file configured in `MODALRANK_IMPORTED_VECTORS`. Extraction i
 whose content and extractor version are unchanged are skipped.
 
 When every extractor is done, `fuse` writes one vector per item (`item_vectors`), `train_ranker`
-fits the hybrid ranker on interactions up to the run date and saves a versioned artifact, and
-`evaluate` scores it against the baselines on three protocols (`metrics`, `eval_truth`,
-`eval_lists`, and an HTML report under `_reports/<ds>/`).
+fits the hybrid ranker on interactions up to the run date and saves a versioned artifact — on a
+cadence (`train_every_days`, weekly by default): other dates reuse the model of the latest training
+date, chosen by the date alone, so backfills are deterministic and never see the future — and
+`evaluate` scores the ranker against the baselines on three protocols (`metrics`, `eval_truth`,
+`eval_lists`, and an HTML report under `_reports/<ds>/`). `publish` writes every user's top-K list
+for the date to `recommendations` behind a quality gate, in one Delta commit, and updates the
+`modalrank_recommendations` Asset that consumer DAGs schedule on. `run_report` (a teardown: it runs
+even when a stage failed, and does not change the run's outcome) writes `_reports/<ds>/run.html`.
+
+Every Spark task takes a slot of the `modalrank_spark` pool (created by infra/setup.sh), which caps
+how many Spark jobs run at once whatever the executor's parallelism.
 
 Params pick the input: the built-in demo data by default, or a MovieLens folder
 (`movielens`) with optional `overviews` / `posters` / `audio` / `video`, or a generic
@@ -24,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Asset, Param, task
 
 from jobs.config import REPO_ROOT, load_config
 from jobs.spark import delta_jars, spark_settings
@@ -32,25 +40,45 @@ from jobs.spark import delta_jars, spark_settings
 config = load_config()
 DEMO_DATA = REPO_ROOT / "data" / "demo"
 SPARK_CONNECTION = "modalrank_spark"
+SPARK_POOL = "modalrank_spark"  # infra/setup.sh creates it; its slots cap concurrent Spark jobs
+# Updated by `publish` once a date's lists passed the gate and were committed; consumers schedule on it
+# (dags/modalrank_consumer_example.py declares the same name and URI).
+RECOMMENDATIONS_ASSET = Asset(
+    name="modalrank_recommendations", uri=config.table_uri("recommendations"), group="modalrank"
+)
 
 
-def spark_job(task_id: str, module: str, arguments: list[str]) -> SparkSubmitOperator:
+def spark_job(task_id: str, module: str, arguments: list[str], **operator_args) -> SparkSubmitOperator:
     """One `jobs/<module>.py` Spark job, submitted with the settings every modalrank session uses."""
     return SparkSubmitOperator(
         task_id=task_id,
         conn_id=SPARK_CONNECTION,
+        pool=SPARK_POOL,
         application=str(REPO_ROOT / "jobs" / f"{module}.py"),
         application_args=arguments,
         name=f"modalrank-{task_id}",
         conf=spark_settings(config),
         jars=",".join(delta_jars(config)),
         driver_memory=config.driver_memory,
+        **operator_args,
     )
+
+
+@task
+def run_report(ds: str | None = None, params: dict | None = None) -> str:
+    """`_reports/<ds>/run.html|json|md`: every stage's counts, times, quarantine, evaluation and gate."""
+    import datetime
+
+    from jobs.run_report import write_run_report
+
+    report_config = load_config(lake=params["lake"] or None)
+    run = write_run_report(report_config, datetime.date.fromisoformat(ds))
+    return str(report_config.reports_dir / run.ds / "run.html")
 
 
 with DAG(
     dag_id="modalrank_nightly",
-    description="Nightly multimodal recommendations: ingest, extract, fuse, train, evaluate",
+    description="Nightly multimodal recommendations: ingest, extract, fuse, train, evaluate, publish",
     doc_md=__doc__,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
@@ -79,6 +107,14 @@ with DAG(
         "dataset": Param(
             "demo", type="string", description="label of the evaluation's rows, e.g. ml-latest-small"
         ),
+        "train_every_days": Param(
+            7, type="integer", minimum=1, description="train a new ranker every N days (7: Sundays), else reuse"
+        ),
+        "k": Param(50, type="integer", minimum=1, description="published list length per user"),
+        "max_changed_share": Param(
+            1.0, type="number", description="gate: most users whose list may change since the previous date"
+        ),
+        "min_coverage": Param(0.0, type="number", description="gate: least share of available items listed"),
     },
 ) as dag:
     ingest = spark_job(
@@ -121,6 +157,17 @@ with DAG(
         for name, vectors in sorted(config.imported_vectors.items())
     ]
     fuse = spark_job("fuse", "fuse", run_date)
-    train_ranker = spark_job("train_ranker", "train", run_date)
+    train_ranker = spark_job("train_ranker", "train", [*run_date, "--every-days", "{{ params.train_every_days }}"])
     evaluate = spark_job("evaluate", "evaluate", [*run_date, "--dataset", "{{ params.dataset }}"])
-    ingest >> extractors >> fuse >> train_ranker >> evaluate
+    publish = spark_job(
+        "publish",
+        "publish",
+        [
+            *run_date,
+            "--k", "{{ params.k }}",
+            "--max-changed-share", "{{ params.max_changed_share }}",
+            "--min-coverage", "{{ params.min_coverage }}",
+        ],
+        outlets=[RECOMMENDATIONS_ASSET],
+    )  # fmt: skip
+    ingest >> extractors >> fuse >> train_ranker >> evaluate >> publish >> run_report().as_teardown()

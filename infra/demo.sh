@@ -27,9 +27,13 @@ grep -q "state=success" "$AIRFLOW_HOME/demo-$run_date.log"
 echo
 modalrank tables --lake "$lake"
 echo
-for report in ingest extract_text extract_image extract_audio extract_video fuse train evaluate_demo; do
+for report in ingest extract_text extract_image extract_audio extract_video fuse train evaluate_demo publish; do
   cat "$lake/_reports/$run_date/$report.md"
   echo
 done
+echo "demo: a sample of the published lists, read back as a consumer would (modalrank latest):"
+modalrank latest --lake "$lake" --users 3 --limit 5
+echo
 echo "demo: evaluation report with plots: $lake/_reports/$run_date/evaluate_demo.html"
+echo "demo: run report (every stage, quarantine, times, evaluation, gate): $lake/_reports/$run_date/run.html"
 echo "demo: done in $(( $(date +%s) - started )) s; reports: $lake/_reports/$run_date/"

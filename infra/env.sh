@@ -19,3 +19,6 @@ export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
 # The Spark connection the DAG's jobs use. Local mode by default; point it at a cluster with e.g.
 #   export AIRFLOW_CONN_MODALRANK_SPARK='{"conn_type": "spark", "host": "spark://host", "port": 7077}'
 export AIRFLOW_CONN_MODALRANK_SPARK="${AIRFLOW_CONN_MODALRANK_SPARK:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"\}}"
+# Slots of the Airflow pool `modalrank_spark` (infra/setup.sh): how many Spark jobs may run at once.
+# One per two cores in local mode; raise it for a cluster.
+export MODALRANK_SPARK_POOL_SLOTS="${MODALRANK_SPARK_POOL_SLOTS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}"

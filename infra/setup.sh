@@ -40,12 +40,16 @@ else
   echo "setup: Delta Lake jars up to date"
 fi
 
-airflow_stamp="$AIRFLOW_HOME/.migrated.$(.venv/bin/python -c 'import airflow; print(airflow.__version__)')"
+airflow_stamp="$AIRFLOW_HOME/.migrated.$(.venv/bin/python -c 'import airflow; print(airflow.__version__)').pool$MODALRANK_SPARK_POOL_SLOTS"
 if [ ! -f "$airflow_stamp" ]; then
   echo "setup: creating the Airflow metadata database in $AIRFLOW_HOME"
   mkdir -p "$AIRFLOW_HOME"
   .venv/bin/airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
     || { tail -n 30 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+  # Every Spark task of the DAG takes a slot of this pool: it caps concurrent Spark jobs (each one a
+  # local[2] driver on this machine, or a cluster application) whatever the executor allows.
+  .venv/bin/airflow pools set modalrank_spark "$MODALRANK_SPARK_POOL_SLOTS" "modalrank Spark jobs at once" \
+    >>"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -n 30 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
   touch "$airflow_stamp"
 else
   echo "setup: Airflow database up to date"

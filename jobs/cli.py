@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from jobs import extract, ingest
+from jobs.backfill import BackfillError
 from jobs.config import add_run_arguments, configure_logging, load_config
 from jobs.sources import SourceError
 from jobs.spark import MissingJarsError
@@ -84,6 +85,54 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from jobs import publish
+
+    report = publish.run_from_args(args)
+    print(
+        f"published ds={report.ds}: {report.rows} rows for {report.users} users (K={report.k}, {report.model_version}); "
+        f"report {load_config(lake=args.lake).reports_dir / report.ds / 'publish.md'}"
+    )
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from jobs import backfill
+
+    results = backfill.run_from_args(args)
+    for result in results:
+        rows = "not published" if result.published_rows is None else f"{result.published_rows} rows published"
+        print(f"{result.ds}: {rows}, {sum(result.seconds.values()):.0f} s ({result.model_version or 'no model'})")
+    return 0
+
+
+def _latest(args: argparse.Namespace) -> int:
+    """A sample of the newest published lists, read with delta-rs as a downstream consumer would."""
+    from deltalake import DeltaTable
+
+    from jobs.consume import format_sample, read_latest
+
+    config = load_config(lake=args.lake)
+    frame = read_latest(config.table_path("recommendations"))
+    if args.user is not None:
+        frame = frame[frame.user_id == args.user]
+        if frame.empty:
+            raise ValueError(f"user {args.user} has no list on the newest published date")
+    catalog = DeltaTable(config.table_path("catalog")).to_pandas(columns=["item_id", "title"])
+    titles = dict(zip(catalog.item_id, catalog.title, strict=True))
+    print(format_sample(frame, users=args.users, per_user=args.limit, titles=titles))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jobs import run_report
+
+    return run_report.main(
+        ["--ds", args.ds.isoformat(), *(["--lake", args.lake] if args.lake else []),
+         *(["--fail-if-incomplete"] if args.fail_if_incomplete else [])]
+    )  # fmt: skip
+
+
 def _bench(args: argparse.Namespace) -> int:
     from jobs import bench
 
@@ -147,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_force_argument(extract_parser)
     extract_parser.set_defaults(handler=_extract)
 
-    from jobs import evaluate, fuse, train
+    from jobs import backfill, evaluate, fuse, publish, train
 
     fuse_parser = commands.add_parser("fuse", help="fuse the modality features into one vector per item")
     fuse.add_arguments(fuse_parser)
@@ -162,6 +211,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_arguments(evaluate_parser)
     evaluate_parser.set_defaults(handler=_evaluate)
+
+    publish_parser = commands.add_parser(
+        "publish", help="every user's top-K for the run date into `recommendations`, behind the quality gate"
+    )
+    publish.add_arguments(publish_parser)
+    publish_parser.set_defaults(handler=_publish)
+
+    backfill_parser = commands.add_parser(
+        "backfill", help="the nightly stages for every date from --start to --end, oldest first"
+    )
+    backfill.add_arguments(backfill_parser)
+    backfill_parser.set_defaults(handler=_backfill)
+
+    latest = commands.add_parser("latest", help="print a sample of the newest published recommendation lists")
+    latest.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")
+    latest.add_argument("--user", type=int, help="only this user's list")
+    latest.add_argument("--users", type=int, default=5, help="how many users to show (default: %(default)s)")
+    latest.add_argument("--limit", type=int, default=10, help="items per user (default: %(default)s)")
+    latest.set_defaults(handler=_latest)
+
+    report = commands.add_parser(
+        "report", help="write the run report (_reports/<ds>/run.html) from the stages' reports"
+    )
+    add_run_arguments(report)
+    report.add_argument("--fail-if-incomplete", action="store_true", help="exit 1 when a stage did not report")
+    report.set_defaults(handler=_report)
 
     bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
     bench_parser.add_argument("stage", choices=["extract"], help="which stage to benchmark")
@@ -188,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, MissingJarsError, FileNotFoundError, ValueError) as error:
         print(f"modalrank {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BackfillError as error:  # the failing stage's details are in the log above
+        print(f"modalrank backfill: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # a Spark or Delta failure: one line here, the details in the log above
         from pyspark.errors import PySparkException
 

@@ -56,6 +56,11 @@ class PipelineConfig:
     def table_path(self, table: str) -> str:
         return f"{self.lake.rstrip('/')}/{table}"
 
+    def table_uri(self, table: str) -> str:
+        """The table's location as a URI (`file://` for a local lake): how Airflow Assets name it."""
+        path = self.table_path(table)
+        return path if "://" in path else f"file://{path}"
+
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lake` and `--ds`, which every job takes. An empty `--lake` (Airflow passes every flag) means

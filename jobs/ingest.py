@@ -583,6 +583,11 @@ def optional_path(text: str) -> Path | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
+    add_source_arguments(parser)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the catalog, interactions and media come from (ingest's arguments besides the run date)."""
     parser.add_argument(
         "--movielens", type=optional_path, help="a MovieLens folder (ml-latest(-small), ml-25m, ml-100k, ml-1m)"
     )

@@ -79,6 +79,7 @@ def shared_path(*parts: str) -> Path:
 def airflow_db():
     """The throwaway Airflow home's metadata database, migrated once per test run."""
     airflow = Path(sys.executable).parent / "airflow"
-    result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for command in (["db", "migrate"], ["pools", "set", "modalrank_spark", "1", "modalrank Spark jobs"]):
+        result = subprocess.run([str(airflow), *command], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return Path(os.environ["AIRFLOW_HOME"])

@@ -10,11 +10,20 @@ import pytest
 from conftest import REPO_ROOT, SMALL_DEMO
 
 from jobs import lake
-from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, METRICS, QUARANTINE, features_table
+from jobs.schemas import (
+    CATALOG,
+    INTERACTIONS,
+    ITEM_VECTORS,
+    METRICS,
+    QUARANTINE,
+    RECOMMENDATIONS,
+    features_table,
+)
 
 pytestmark = pytest.mark.airflow
 
 NIGHTLY = "modalrank_nightly"
+CONSUMER = "modalrank_consumer_example"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +36,7 @@ def dagbag():
 
 def test_every_dag_imports(dagbag):
     assert dagbag.import_errors == {}
-    assert NIGHTLY in dagbag.dag_ids
+    assert {NIGHTLY, CONSUMER} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_is_documented_owned_tagged_and_retried(dagbag):
@@ -46,7 +55,8 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.max_active_runs == 1
     assert dag.schedule == "@daily"
     extractors = {f"extract_{m}" for m in ("text", "image", "audio", "video")}
-    assert {task.task_id for task in dag.tasks} == {"ingest", "fuse", "train_ranker", "evaluate"} | extractors
+    stages = {"ingest", "fuse", "train_ranker", "evaluate", "publish", "run_report"}
+    assert {task.task_id for task in dag.tasks} == stages | extractors
     # The extractors run in parallel, each right after ingestion; fusion waits for all of them.
     assert dag.get_task("ingest").downstream_task_ids == extractors
     for task_id in extractors:
@@ -54,6 +64,19 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.get_task("fuse").upstream_task_ids == extractors
     assert dag.get_task("train_ranker").upstream_task_ids == {"fuse"}
     assert dag.get_task("evaluate").upstream_task_ids == {"train_ranker"}
+    assert dag.get_task("publish").upstream_task_ids == {"evaluate"}
+    # The run report runs whatever happened upstream, and never turns a failed night into a success.
+    report = dag.get_task("run_report")
+    assert report.upstream_task_ids == {"publish"} and report.is_teardown
+    assert report.trigger_rule == "all_done_setup_success"
+
+
+def test_publish_updates_the_asset_the_consumer_dag_is_scheduled_on(dagbag):
+    outlets = dagbag.dags[NIGHTLY].get_task("publish").outlets
+    assert [asset.name for asset in outlets] == ["modalrank_recommendations"]
+    assert outlets[0].uri.endswith("/recommendations")
+    # Same name and URI on both sides: the consumer runs when publish updates the table.
+    assert dagbag.dags[CONSUMER].timetable.asset_condition.objects == tuple(outlets)
 
 
 def test_imported_vectors_add_one_task_each(monkeypatch):
@@ -75,23 +98,50 @@ def test_imported_vectors_add_one_task_each(monkeypatch):
 def test_spark_tasks_submit_real_job_files_on_the_project_connection(dagbag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-    for task in dagbag.dags[NIGHTLY].tasks:
+    spark_tasks = [task for task in dagbag.dags[NIGHTLY].tasks if task.task_id != "run_report"]
+    assert len(spark_tasks) == 9
+    for task in spark_tasks:
         assert isinstance(task, SparkSubmitOperator)
         assert task._conn_id == "modalrank_spark"
+        assert task.pool == "modalrank_spark"  # capped concurrency, whatever the executor allows
         assert Path(task.application).is_file()
         assert "--ds" in task.application_args
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
         assert "delta-spark_" in task.jars
 
 
+def _airflow(*arguments: str) -> None:
+    import subprocess
+    import sys
+
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), *arguments], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _queued_for(dag_id: str) -> list:
+    """Asset events waiting to trigger `dag_id`: what the scheduler turns into an asset-triggered run."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [row.asset_id for row in session.query(AssetDagRunQueue).filter_by(target_dag_id=dag_id)]
+
+
 @pytest.mark.spark
 def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lake_config, small_demo):
+    import pandas as pd
+
+    # As a scheduler would have them: both DAGs serialized, the consumer unpaused and waiting.
+    _airflow("dags", "reserialize")
+    _airflow("dags", "unpause", CONSUMER)
     run = dagbag.dags[NIGHTLY].test(
         logical_date=dt.datetime.combine(SMALL_DEMO.end_date, dt.time(), tzinfo=dt.UTC),
         run_conf={
             "lake": lake_config.lake,
             "catalog": str(small_demo / "catalog.csv"),
             "interactions": str(small_demo / "interactions.csv"),
+            "k": 5,
         },
     )
     assert run.state == "success"
@@ -122,3 +172,22 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
         metrics[metrics.protocol == "item_cold_20"].model
     )
     assert (reports / "evaluate_demo.html").is_file() and (reports / "train.md").is_file()
+    # Published: every eligible user has K = 5 items, the run report covers every stage, and the
+    # publish put an Asset event in the consumer DAG's queue; the consumer then reads that date.
+    lists = lake.read_table(spark, lake_config, RECOMMENDATIONS).toPandas()
+    assert set(lists.ds) == {SMALL_DEMO.end_date}
+    users = lake.read_table(spark, lake_config, INTERACTIONS).select("user_id").distinct().count()
+    assert lists.user_id.nunique() == users and (lists.groupby("user_id").size() == 5).all()
+    run_card = json.loads((reports / "run.json").read_text())
+    assert run_card["complete"], run_card["problems"]
+    assert (reports / "run.html").is_file() and (reports / "publish.md").is_file()
+    assert _queued_for(CONSUMER), "publishing queued no run of the consumer DAG"
+    consumer = dagbag.dags[CONSUMER].test(
+        logical_date=dt.datetime.now(dt.UTC), run_conf={"lake": lake_config.lake}
+    )
+    assert consumer.state == "success"
+    digest = pd.read_csv(
+        Path(lake_config.lake) / "_exports" / SMALL_DEMO.end_date.isoformat() / "recommendations_digest.csv"
+    )
+    counts = lists.groupby("item_id").user_id.nunique()
+    assert dict(zip(digest.item_id, digest.users, strict=True)) == counts.to_dict()

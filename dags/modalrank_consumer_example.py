@@ -1,0 +1,68 @@
+"""An example downstream consumer: runs whenever the nightly DAG publishes recommendations.
+
+Scheduled on the `modalrank_recommendations` Asset, which the nightly `publish` task updates only
+after the quality gate passed and the date's partition was committed, so this DAG never sees a
+half-written or unchecked date. Its one task reads the newest complete date with delta-rs (no Spark:
+what a service or an analyst's notebook would do) and writes a per-date digest an analyst can open:
+`<lake>/_exports/<ds>/recommendations_digest.csv` — how many users each item is recommended to and at
+what median rank — plus a sample of lists in the task log. Copy it as the start of a real consumer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from jobs.config import load_config
+
+config = load_config()
+# The Asset the nightly DAG's `publish` task updates (same name and URI as in modalrank_nightly.py).
+RECOMMENDATIONS_ASSET = Asset(
+    name="modalrank_recommendations", uri=config.table_uri("recommendations"), group="modalrank"
+)
+
+
+@task
+def export_digest(params: dict | None = None) -> str:
+    from pathlib import Path
+
+    from jobs.consume import format_sample, read_latest
+
+    consumer_config = load_config(lake=params["lake"] or None)
+    lists = read_latest(consumer_config.table_path("recommendations"))
+    ds = lists["ds"].iloc[0]
+    print(format_sample(lists, users=3, per_user=5))
+    digest = (
+        lists.groupby("item_id")
+        .agg(users=("user_id", "nunique"), median_rank=("rank", "median"), best_rank=("rank", "min"))
+        .sort_values(["users", "median_rank", "item_id"], ascending=[False, True, True])
+        .reset_index()
+    )
+    folder = Path(consumer_config.lake) / "_exports" / str(ds)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recommendations_digest.csv"
+    digest.to_csv(path.with_suffix(".tmp"), index=False)
+    path.with_suffix(".tmp").replace(path)  # a reader never sees a half-written file
+    return str(path)
+
+
+with DAG(
+    dag_id="modalrank_consumer_example",
+    description="Example consumer: a per-item digest of each newly published recommendations date",
+    doc_md=__doc__,
+    schedule=[RECOMMENDATIONS_ASSET],
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["modalrank", "consumer", "example"],
+    default_args={
+        "owner": "modalrank",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": dt.timedelta(minutes=20),
+    },
+    params={"lake": Param(config.lake, type="string", description="lake base path")},
+) as dag:
+    export_digest()
