@@ -9,6 +9,8 @@ export PYSPARK_PYTHON="$VIRTUAL_ENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VIRTUAL_ENV/bin/python"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export MODALRANK_JARS_DIR="${MODALRANK_JARS_DIR:-$MODALRANK_ROOT/.cache/jars}"
+# numba's JIT cache (librosa) in the project, not in site-packages: `rm -rf .cache/numba` resets it.
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$MODALRANK_ROOT/.cache/numba}"
 # Models are loaded from site-packages only; never reach for a hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # Airflow: a project-local home with SQLite, our dags/ folder, no examples.

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,9 +96,30 @@ def _worker_extractor(modality: str, threads: int):
     if modality not in _worker_extractors:
         extractor = make_extractor(modality)
         if hasattr(extractor, "warm_up"):
-            extractor.warm_up()
+            with _one_warm_up_at_a_time():
+                extractor.warm_up()
         _worker_extractors[modality] = extractor
     return _worker_extractors[modality]
+
+
+@contextmanager
+def _one_warm_up_at_a_time() -> Iterator[None]:
+    """An exclusive lock shared by every worker process on this machine.
+
+    librosa's first call JIT-compiles with numba and writes numba's on-disk cache; two workers
+    compiling the same function at once can leave an index that points at the other's machine code,
+    after which every process that loads it crashes (seen here: a segfault in `localmax`). Warming
+    up one process at a time means the first compiles and writes, the others then only read.
+    """
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "modalrank-warm-up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def read_media(path: str) -> bytes | str:

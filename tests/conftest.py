@@ -27,6 +27,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.setdefault("MODALRANK_JARS_DIR", str(REPO_ROOT / ".cache" / "jars"))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".cache" / "numba"))  # as infra/env.sh
 # Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
 # Spark connection in local mode. Set before any test module imports airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")
