@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The issue-4 evaluation on ml-latest-small, from nothing to the metrics table, in a fresh lake:
 # ingest (+ overviews, posters), extract text and posters, import the MMTF-14K trailer vectors, fuse,
-# train the nightly ranker, evaluate everything on three protocols. Needs ../shared/data.
+# train the nightly ranker, evaluate everything on three protocols, publish every user's top 50.
+# Needs ../shared/data.
 #   bash infra/evaluate_movielens.sh [LAKE]        (default /tmp/modalrank-ml-latest-small)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,3 +29,5 @@ step import_mmtf_audio modalrank extract --lake "$lake" --ds "$ds" --modality mm
 step fuse modalrank fuse --lake "$lake" --ds "$ds"
 step train modalrank train --lake "$lake" --ds "$ds"
 step evaluate modalrank evaluate --lake "$lake" --ds "$ds" --dataset ml-latest-small
+step publish modalrank publish --lake "$lake" --ds "$ds"
+modalrank latest --lake "$lake" --users 2 --limit 5
