@@ -1,9 +1,10 @@
 """An example downstream consumer: runs whenever the nightly DAG publishes recommendations.
 
-Scheduled on the `modalrank_recommendations` Asset, which the nightly `publish` task updates only
-after the quality gate passed and the date's partition was committed, so this DAG never sees a
-half-written or unchecked date. Its one task reads the newest complete date with delta-rs (no Spark:
-what a service or an analyst's notebook would do) and writes a per-date digest an analyst can open:
+Scheduled on the `modalrank_recommendations` Asset, which the nightly DAG's `announce_publish` task
+updates only after the quality gate passed and the date's partition was committed, so this DAG never
+sees a half-written or unchecked date. Each event's extra names the date and the lake; the one task
+reads exactly that date with delta-rs (no Spark: what a service or an analyst's notebook would do)
+and writes a per-date digest an analyst can open:
 `<lake>/_exports/<ds>/recommendations_digest.csv` — how many users each item is recommended to and at
 what median rank — plus a sample of lists in the task log. Copy it as the start of a real consumer.
 """
@@ -23,15 +24,16 @@ RECOMMENDATIONS_ASSET = Asset(
 )
 
 
-@task
-def export_digest(params: dict | None = None) -> str:
+def write_digest(lake: str, ds: str | None) -> str:
+    """Per item of the date's lists: how many users get it, at what median and best rank; as CSV."""
+    import datetime
     from pathlib import Path
 
-    from jobs.consume import format_sample, read_latest
+    from jobs.consume import format_sample, read_date, read_latest
 
-    consumer_config = load_config(lake=params["lake"] or None)
-    lists = read_latest(consumer_config.table_path("recommendations"))
-    ds = lists["ds"].iloc[0]
+    table = load_config(lake=lake).table_path("recommendations")
+    lists = read_latest(table) if ds is None else read_date(table, datetime.date.fromisoformat(ds))
+    ds = str(lists["ds"].iloc[0])
     print(format_sample(lists, users=3, per_user=5))
     digest = (
         lists.groupby("item_id")
@@ -39,12 +41,22 @@ def export_digest(params: dict | None = None) -> str:
         .sort_values(["users", "median_rank", "item_id"], ascending=[False, True, True])
         .reset_index()
     )
-    folder = Path(consumer_config.lake) / "_exports" / str(ds)
+    folder = Path(lake) / "_exports" / ds
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recommendations_digest.csv"
     digest.to_csv(path.with_suffix(".tmp"), index=False)
     path.with_suffix(".tmp").replace(path)  # a reader never sees a half-written file
     return str(path)
+
+
+@task
+def export_digest(triggering_asset_events=None, params: dict | None = None) -> list[str]:
+    """One digest per published date that triggered this run (a backfill may publish several before
+    the consumer runs); a manual run digests the newest date of the `lake` param."""
+    events = list(triggering_asset_events[RECOMMENDATIONS_ASSET]) if triggering_asset_events else []
+    if not events:
+        return [write_digest(load_config(lake=params["lake"] or None).lake, None)]
+    return [write_digest(event.extra["lake"], event.extra["ds"]) for event in events]
 
 
 with DAG(

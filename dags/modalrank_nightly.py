@@ -15,8 +15,9 @@ cadence (`train_every_days`, weekly by default): other dates reuse the model of 
 date, chosen by the date alone, so backfills are deterministic and never see the future — and
 `evaluate` scores the ranker against the baselines on three protocols (`metrics`, `eval_truth`,
 `eval_lists`, and an HTML report under `_reports/<ds>/`). `publish` writes every user's top-K list
-for the date to `recommendations` behind a quality gate, in one Delta commit, and updates the
-`modalrank_recommendations` Asset that consumer DAGs schedule on. `run_report` (a teardown: it runs
+for the date to `recommendations` behind a quality gate, in one Delta commit; `announce_publish`
+then updates the `modalrank_recommendations` Asset that consumer DAGs schedule on, with the date,
+lake, table version and model in the event's extra. `run_report` (a teardown: it runs
 even when a stage failed, and does not change the run's outcome) writes `_reports/<ds>/run.html`.
 
 Every Spark task takes a slot of the `modalrank_spark` pool (created by infra/setup.sh), which caps
@@ -41,7 +42,7 @@ config = load_config()
 DEMO_DATA = REPO_ROOT / "data" / "demo"
 SPARK_CONNECTION = "modalrank_spark"
 SPARK_POOL = "modalrank_spark"  # infra/setup.sh creates it; its slots cap concurrent Spark jobs
-# Updated by `publish` once a date's lists passed the gate and were committed; consumers schedule on it
+# Updated by `announce_publish` once a date's lists passed the gate and were committed; consumers schedule on it
 # (dags/modalrank_consumer_example.py declares the same name and URI).
 RECOMMENDATIONS_ASSET = Asset(
     name="modalrank_recommendations", uri=config.table_uri("recommendations"), group="modalrank"
@@ -62,6 +63,28 @@ def spark_job(task_id: str, module: str, arguments: list[str], **operator_args) 
         driver_memory=config.driver_memory,
         **operator_args,
     )
+
+
+@task(outlets=[RECOMMENDATIONS_ASSET])
+def announce_publish(*, outlet_events, ds: str, params: dict) -> dict:
+    """The Asset event for the date `publish` just committed, carrying what a consumer needs to read
+    exactly that date: its run date, the lake (a run may point at another lake than the configured
+    one), the table version and the model."""
+    import json
+
+    lake_config = load_config(lake=params["lake"] or None)
+    card = json.loads((lake_config.reports_dir / ds / "publish.json").read_text())
+    extra = {
+        "ds": ds,
+        "lake": lake_config.lake,
+        "table": lake_config.table_path("recommendations"),
+        "table_version": card["table_version"],
+        "rows": card["rows"],
+        "users": card["users"],
+        "model_version": card["model_version"],
+    }
+    outlet_events[RECOMMENDATIONS_ASSET].extra = extra
+    return extra
 
 
 @task
@@ -168,6 +191,6 @@ with DAG(
             "--max-changed-share", "{{ params.max_changed_share }}",
             "--min-coverage", "{{ params.min_coverage }}",
         ],
-        outlets=[RECOMMENDATIONS_ASSET],
     )  # fmt: skip
-    ingest >> extractors >> fuse >> train_ranker >> evaluate >> publish >> run_report().as_teardown()
+    announce = announce_publish()
+    ingest >> extractors >> fuse >> train_ranker >> evaluate >> publish >> announce >> run_report().as_teardown()

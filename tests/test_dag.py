@@ -55,7 +55,7 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.max_active_runs == 1
     assert dag.schedule == "@daily"
     extractors = {f"extract_{m}" for m in ("text", "image", "audio", "video")}
-    stages = {"ingest", "fuse", "train_ranker", "evaluate", "publish", "run_report"}
+    stages = {"ingest", "fuse", "train_ranker", "evaluate", "publish", "announce_publish", "run_report"}
     assert {task.task_id for task in dag.tasks} == stages | extractors
     # The extractors run in parallel, each right after ingestion; fusion waits for all of them.
     assert dag.get_task("ingest").downstream_task_ids == extractors
@@ -65,14 +65,15 @@ def test_nightly_schedule_and_stages(dagbag):
     assert dag.get_task("train_ranker").upstream_task_ids == {"fuse"}
     assert dag.get_task("evaluate").upstream_task_ids == {"train_ranker"}
     assert dag.get_task("publish").upstream_task_ids == {"evaluate"}
+    assert dag.get_task("announce_publish").upstream_task_ids == {"publish"}
     # The run report runs whatever happened upstream, and never turns a failed night into a success.
     report = dag.get_task("run_report")
-    assert report.upstream_task_ids == {"publish"} and report.is_teardown
+    assert report.upstream_task_ids == {"announce_publish"} and report.is_teardown
     assert report.trigger_rule == "all_done_setup_success"
 
 
 def test_publish_updates_the_asset_the_consumer_dag_is_scheduled_on(dagbag):
-    outlets = dagbag.dags[NIGHTLY].get_task("publish").outlets
+    outlets = dagbag.dags[NIGHTLY].get_task("announce_publish").outlets
     assert [asset.name for asset in outlets] == ["modalrank_recommendations"]
     assert outlets[0].uri.endswith("/recommendations")
     # Same name and URI on both sides: the consumer runs when publish updates the table.
@@ -98,7 +99,9 @@ def test_imported_vectors_add_one_task_each(monkeypatch):
 def test_spark_tasks_submit_real_job_files_on_the_project_connection(dagbag):
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-    spark_tasks = [task for task in dagbag.dags[NIGHTLY].tasks if task.task_id != "run_report"]
+    spark_tasks = [
+        task for task in dagbag.dags[NIGHTLY].tasks if task.task_id not in {"announce_publish", "run_report"}
+    ]
     assert len(spark_tasks) == 9
     for task in spark_tasks:
         assert isinstance(task, SparkSubmitOperator)
@@ -126,6 +129,14 @@ def _queued_for(dag_id: str) -> list:
 
     with create_session() as session:
         return [row.asset_id for row in session.query(AssetDagRunQueue).filter_by(target_dag_id=dag_id)]
+
+
+def _asset_event_extras(source_task_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [event.extra for event in session.query(AssetEvent).filter_by(source_task_id=source_task_id)]
 
 
 @pytest.mark.spark
@@ -182,6 +193,9 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
     assert run_card["complete"], run_card["problems"]
     assert (reports / "run.html").is_file() and (reports / "publish.md").is_file()
     assert _queued_for(CONSUMER), "publishing queued no run of the consumer DAG"
+    (extra,) = _asset_event_extras("announce_publish")
+    assert extra["ds"] == SMALL_DEMO.end_date.isoformat() and extra["lake"] == lake_config.lake
+    assert extra["rows"] == len(lists) and extra["model_version"] == lists.model_version.iloc[0]
     consumer = dagbag.dags[CONSUMER].test(
         logical_date=dt.datetime.now(dt.UTC), run_conf={"lake": lake_config.lake}
     )
