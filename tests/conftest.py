@@ -84,3 +84,42 @@ def airflow_db():
         result = subprocess.run([str(airflow), *command], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return Path(os.environ["AIRFLOW_HOME"])
+
+
+def write_vectors(path: Path, vectors: dict) -> Path:
+    """Item id + comma-separated vector, as CSV: the format `jobs.import_vectors` reads."""
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id", "embedding"])
+        for item_id, vector in vectors.items():
+            writer.writerow([item_id, ",".join(f"{value:.5f}" for value in vector)])
+    return path
+
+
+def ingest_with_taste_vectors(spark, config, demo: Path, clusters: int, ds, noise: bool = True) -> None:
+    """Ingest a generated demo folder as of `ds`, then import two modalities made from its hidden truth:
+    `taste` (the item's cluster centre plus a little noise: content that predicts interactions) and,
+    with `noise`, `noise` (pure noise: content that does not); their CSVs go beside the lake. Cheap stand-ins for the media
+    extractors, for tests about fusion, ranking and publishing rather than extraction."""
+    import csv
+
+    import numpy as np
+
+    from jobs.import_vectors import run_import
+    from jobs.ingest import IngestRequest, run_ingest
+
+    run_ingest(
+        spark, config, IngestRequest(ds=ds, catalog=demo / "catalog.csv", interactions=demo / "interactions.csv")
+    )
+    rng = np.random.default_rng(0)
+    cluster_of = {
+        int(row["item_id"]): int(row["cluster"]) for row in csv.DictReader((demo / "truth" / "items.csv").open())
+    }
+    centres = rng.normal(size=(clusters, 8))
+    taste = {item: centres[cluster] + 0.3 * rng.normal(size=8) for item, cluster in cluster_of.items()}
+    run_import(spark, config, "taste", write_vectors(Path(config.lake).parent / "taste.csv", taste), ds)
+    if noise:
+        vectors = {item: rng.normal(size=8) for item in cluster_of}
+        run_import(spark, config, "noise", write_vectors(Path(config.lake).parent / "noise.csv", vectors), ds)

@@ -9,14 +9,12 @@ is the reference the others are compared with.
 from __future__ import annotations
 
 import collections
-import csv
 import datetime as dt
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMALL_DEMO
+from conftest import SMALL_DEMO, ingest_with_taste_vectors
 
 from jobs import lake
 from jobs.consume import format_sample, latest_ds, latest_view, published_dates, read_date, read_latest
@@ -27,40 +25,17 @@ EARLIER = DS - dt.timedelta(days=3)
 K = 5
 
 
-def write_vectors(path, vectors: dict[int, np.ndarray]):
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["item_id", "embedding"])
-        for item_id, vector in vectors.items():
-            writer.writerow([item_id, ",".join(f"{value:.5f}" for value in vector)])
-    return path
-
-
 @pytest.fixture(scope="module")
 def published(spark, small_demo, tmp_path_factory):
     """(config, table path, version holding only EARLIER, version holding both dates)."""
     from jobs.config import load_config
     from jobs.fuse import run_fuse
-    from jobs.import_vectors import run_import
-    from jobs.ingest import IngestRequest, run_ingest
     from jobs.publish import run_publish
     from jobs.train import run_train
 
     root = tmp_path_factory.mktemp("consume")
     config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    run_ingest(
-        spark,
-        config,
-        IngestRequest(ds=DS, catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"),
-    )
-    rng = np.random.default_rng(0)
-    clusters = {
-        int(row["item_id"]): int(row["cluster"])
-        for row in csv.DictReader((small_demo / "truth" / "items.csv").open())
-    }
-    centres = rng.normal(size=(SMALL_DEMO.clusters, 8))
-    taste = {item: centres[cluster] + 0.3 * rng.normal(size=8) for item, cluster in clusters.items()}
-    run_import(spark, config, "taste", write_vectors(root / "taste.csv", taste), DS)
+    ingest_with_taste_vectors(spark, config, small_demo, SMALL_DEMO.clusters, DS, noise=False)
     run_fuse(spark, config, DS)
     run_train(spark, config, DS)
     earlier = run_publish(spark, config, EARLIER, k=K)

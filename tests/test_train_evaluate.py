@@ -7,20 +7,18 @@ vectors. The ranker has to find the first useful and the second useless.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ingest_with_taste_vectors
 
 from jobs import lake
 from jobs.demo_data import DemoDataConfig, generate_demo_data
 from jobs.evaluate import run_evaluate
 from jobs.fuse import run_fuse
-from jobs.import_vectors import run_import
-from jobs.ingest import IngestRequest, run_ingest
 from jobs.ranking import metrics as ranking_metrics
 from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, ITEM_VECTORS, METRICS
 from jobs.train import run_train
@@ -31,35 +29,14 @@ DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
 DS = DEMO.end_date
 
 
-def write_vectors(path: Path, vectors: dict[int, np.ndarray]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["item_id", "embedding"])
-        for item_id, vector in vectors.items():
-            writer.writerow([item_id, ",".join(f"{value:.5f}" for value in vector)])
-    return path
-
-
 @pytest.fixture(scope="module")
 def evaluated(spark, tmp_path_factory):
     from jobs.config import load_config
 
     root = tmp_path_factory.mktemp("evaluate")
-    demo = root / "demo"
-    generate_demo_data(demo, DEMO)
+    generate_demo_data(root / "demo", DEMO)
     config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    run_ingest(
-        spark, config, IngestRequest(ds=DS, catalog=demo / "catalog.csv", interactions=demo / "interactions.csv")
-    )
-    rng = np.random.default_rng(0)
-    clusters = {
-        int(row["item_id"]): int(row["cluster"]) for row in csv.DictReader((demo / "truth" / "items.csv").open())
-    }
-    centres = rng.normal(size=(DEMO.clusters, 8))
-    taste = {item: centres[cluster] + 0.3 * rng.normal(size=8) for item, cluster in clusters.items()}
-    noise = {item: rng.normal(size=8) for item in clusters}
-    run_import(spark, config, "taste", write_vectors(root / "taste.csv", taste), DS)
-    run_import(spark, config, "noise", write_vectors(root / "noise.csv", noise), DS)
+    ingest_with_taste_vectors(spark, config, root / "demo", DEMO.clusters, DS)
     fused = run_fuse(spark, config, DS)
     trained = run_train(spark, config, DS)
     report = run_evaluate(spark, config, DS, "demo")
