@@ -32,7 +32,15 @@ from features.registry import BUILT_IN
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
 
 # The evaluation report's table and image helpers, so both pages look and escape alike.
-from jobs.ranking.report import _STYLE, PROTOCOL_ORDER, TERMINAL_COLUMNS, _e, _html_table, _png_img, protocol_table
+from jobs.ranking.report import (
+    HTML_STYLE,
+    PROTOCOL_ORDER,
+    TERMINAL_COLUMNS,
+    escape_html,
+    html_table,
+    png_img,
+    protocol_table,
+)
 
 log = logging.getLogger("modalrank.run_report")
 
@@ -381,12 +389,16 @@ def _bar_chart(labels: list[str], values: list[float], title: str, inner: list[f
 
 def _html_cell(column: str, text: str) -> str:
     if column == "reports":
-        return "<td>" + " ".join(f'<a href="{_e(name)}">{_e(name)}</a>' for name in text.split()) + "</td>"
+        return (
+            "<td>"
+            + " ".join(f'<a href="{escape_html(name)}">{escape_html(name)}</a>' for name in text.split())
+            + "</td>"
+        )
     if column in VERDICT_COLUMNS:
-        return f'<td class="{"met" if text in GOOD_WORDS else "missed"}">{_e(text)}</td>'
+        return f'<td class="{"met" if text in GOOD_WORDS else "missed"}">{escape_html(text)}</td>'
     if column in NUMBER_COLUMNS or "@" in column:
-        return f'<td class="number">{_e(text)}</td>'
-    return f"<td>{_e(text)}</td>"
+        return f'<td class="number">{escape_html(text)}</td>'
+    return f"<td>{escape_html(text)}</td>"
 
 
 def _plots(run: RunReport, heading: str) -> list[str]:
@@ -395,36 +407,38 @@ def _plots(run: RunReport, heading: str) -> list[str]:
         # A sum, not the night's wall time: the extractors run side by side.
         title = f"Seconds per stage ({sum(s.seconds for s in timed):,.0f} s summed)"
         seconds, work = [s.seconds for s in timed], [s.work_seconds or 0 for s in timed]
-        return [_png_img(_bar_chart([s.stage for s in timed], seconds, title, work), "seconds per stage")]
+        return [png_img(_bar_chart([s.stage for s in timed], seconds, title, work), "seconds per stage")]
     if heading == "Quarantined rows" and run.quarantine:
         labels, rows = (
             [f"{q['stage']}: {q['reason']}" for q in run.quarantine],
             [q["rows"] for q in run.quarantine],
         )
-        return [_png_img(_bar_chart(labels, rows, "Quarantined rows by stage and reason"), "quarantined rows")]
+        return [png_img(_bar_chart(labels, rows, "Quarantined rows by stage and reason"), "quarantined rows")]
     return []
 
 
 def render_html(run: RunReport) -> str:
     parts = [
-        f"<h1>modalrank run report: {_e(run.ds)}</h1>",
-        f'<p class="muted">Written {_e(run.generated_at)}.</p>',
-        f'<p class="{"met" if run.complete else "missed"}">{_e(_outcome(run))}</p>',
+        f"<h1>modalrank run report: {escape_html(run.ds)}</h1>",
+        f'<p class="muted">Written {escape_html(run.generated_at)}.</p>',
+        f'<p class="{"met" if run.complete else "missed"}">{escape_html(_outcome(run))}</p>',
     ]
     for section in sections(run):
-        parts.append(f"<h{section.level}>{_e(section.heading)}</h{section.level}>")
+        parts.append(f"<h{section.level}>{escape_html(section.heading)}</h{section.level}>")
         if section.text:
-            link = f' <a href="{_e(section.link)}">{_e(section.link)}</a>' if section.link else ""
-            parts.append(f"<p>{_e(section.text)}{link}</p>")
+            link = (
+                f' <a href="{escape_html(section.link)}">{escape_html(section.link)}</a>' if section.link else ""
+            )
+            parts.append(f"<p>{escape_html(section.text)}{link}</p>")
         if section.header:
             rows = (
                 [_html_cell(c, text) for c, text in zip(section.header, row, strict=True)] for row in section.rows
             )
-            parts.append(_html_table(section.header, rows))
+            parts.append(html_table(section.header, rows))
         parts += _plots(run, section.heading)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>modalrank run {_e(run.ds)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>modalrank run {escape_html(run.ds)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(parts)
         + "\n</body>\n</html>\n"
     )

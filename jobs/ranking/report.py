@@ -141,7 +141,7 @@ def format_metrics_table(metrics: pd.DataFrame, protocol: str, columns: Sequence
 
 # --- HTML -------------------------------------------------------------------------------------------
 
-_STYLE = """
+HTML_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.8em 0 1.4em; }
@@ -155,7 +155,7 @@ img { max-width: 100%; }
 """
 
 
-def _e(value: Any) -> str:
+def escape_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -174,24 +174,24 @@ def _format_fact(value: Any) -> str:
     return str(value)
 
 
-def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None) -> str:
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None) -> str:
     """Cells are HTML already (escaped by the caller); header cells are escaped here."""
     parts = ["<table>"]
     if caption:
-        parts.append(f"<caption>{_e(caption)}</caption>")
-    parts.append("<tr>" + "".join(f"<th>{_e(cell)}</th>" for cell in header) + "</tr>")
+        parts.append(f"<caption>{escape_html(caption)}</caption>")
+    parts.append("<tr>" + "".join(f"<th>{escape_html(cell)}</th>" for cell in header) + "</tr>")
     parts.extend("<tr>" + "".join(row) + "</tr>" for row in rows)
     parts.append("</table>")
     return "\n".join(parts)
 
 
-def _png_img(figure: Figure, alt: str) -> str:
+def png_img(figure: Figure, alt: str) -> str:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     # No "Software" chunk: the PNG does not change with the matplotlib patch release.
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
+    return f'<img src="data:image/png;base64,{encoded}" alt="{escape_html(alt)}">'
 
 
 def _bar_chart(
@@ -216,22 +216,24 @@ def _bar_chart(
 def _header_section(context: Mapping[str, Any]) -> str:
     dataset, ds = context["dataset"], context["ds"]
     parts = [
-        f"<h1>modalrank evaluation: {_e(dataset)}</h1>",
-        f'<p class="muted">Dataset <b>{_e(dataset)}</b>, run date <b>{_e(ds)}</b>.</p>',
+        f"<h1>modalrank evaluation: {escape_html(dataset)}</h1>",
+        f'<p class="muted">Dataset <b>{escape_html(dataset)}</b>, run date <b>{escape_html(ds)}</b>.</p>',
     ]
     summary = context.get("summary") or {}
     if summary:
         rows = (
-            [f"<td>{_e(name)}</td>", f'<td class="number">{_e(_format_fact(v))}</td>']
+            [f"<td>{escape_html(name)}</td>", f'<td class="number">{escape_html(_format_fact(v))}</td>']
             for name, v in summary.items()
         )
-        parts += ["<h2>Dataset</h2>", _html_table(["fact", "value"], rows)]
+        parts += ["<h2>Dataset</h2>", html_table(["fact", "value"], rows)]
     timings = context.get("timings") or {}
     if timings:
         seconds = {stage: float(value) for stage, value in timings.items()}
-        rows = [[f"<td>{_e(stage)}</td>", f'<td class="number">{s:,.2f}</td>'] for stage, s in seconds.items()]
+        rows = [
+            [f"<td>{escape_html(stage)}</td>", f'<td class="number">{s:,.2f}</td>'] for stage, s in seconds.items()
+        ]
         rows.append(["<td><b>total</b></td>", f'<td class="number"><b>{sum(seconds.values()):,.2f}</b></td>'])
-        parts += ["<h2>Timings</h2>", _html_table(["stage", "seconds"], rows)]
+        parts += ["<h2>Timings</h2>", html_table(["stage", "seconds"], rows)]
     return "\n".join(parts)
 
 
@@ -250,47 +252,49 @@ def _targets_section(targets: Sequence[Mapping[str, Any]]) -> str:
         value, goal = target.get("value"), target.get("target")
         rows.append(
             [
-                f"<td>{_e(target.get('protocol', ''))}</td>",
-                f"<td>{_e(target.get('description', ''))}</td>",
-                f'<td class="number">{_e(_format_target_number(value))}</td>',
-                f'<td class="number">{_e(_format_target_number(goal))}</td>',
+                f"<td>{escape_html(target.get('protocol', ''))}</td>",
+                f"<td>{escape_html(target.get('description', ''))}</td>",
+                f'<td class="number">{escape_html(_format_target_number(value))}</td>',
+                f'<td class="number">{escape_html(_format_target_number(goal))}</td>',
                 '<td class="met">✓</td>' if met else '<td class="missed">✗</td>',
             ]
         )
-    return "<h2>Targets</h2>\n" + _html_table(["protocol", "description", "value", "target", "met"], rows)
+    return "<h2>Targets</h2>\n" + html_table(["protocol", "description", "value", "target", "met"], rows)
 
 
 def _notes_section(notes: Sequence[str]) -> str:
     if not notes:
         return ""
-    return "<h2>Notes</h2>\n<ul>\n" + "\n".join(f"<li>{_e(note)}</li>" for note in notes) + "\n</ul>"
+    return "<h2>Notes</h2>\n<ul>\n" + "\n".join(f"<li>{escape_html(note)}</li>" for note in notes) + "\n</ul>"
 
 
 def _protocol_section(metrics: pd.DataFrame, protocol: str) -> str:
     table = protocol_table(metrics, protocol)
     users = sorted(set(int(u) for u in metrics.loc[metrics["protocol"] == protocol, "users"]))
     description = PROTOCOL_DESCRIPTIONS.get(protocol)
-    parts = [f'<h2 id="protocol-{_e(protocol)}">{_e(protocol)}</h2>']
-    intro = (f"{_e(description)}. " if description else "") + f"Users evaluated: {_e(', '.join(map(str, users)))}."
+    parts = [f'<h2 id="protocol-{escape_html(protocol)}">{escape_html(protocol)}</h2>']
+    intro = (
+        f"{escape_html(description)}. " if description else ""
+    ) + f"Users evaluated: {escape_html(', '.join(map(str, users)))}."
     parts.append(f'<p class="muted">{intro}</p>')
 
     best = table.max(axis=0, skipna=True)
     rows = []
     for model, row in table.iterrows():
-        cells = [f"<td>{_e(model)}</td>"]
+        cells = [f"<td>{escape_html(model)}</td>"]
         for column in table.columns:
-            text = _e(_format_value(row[column]))
+            text = escape_html(_format_value(row[column]))
             is_best = not math.isnan(row[column]) and row[column] == best[column]
             cells.append(f'<td class="number">{f"<strong>{text}</strong>" if is_best else text}</td>')
         rows.append(cells)
-    parts.append(_html_table(["model", *table.columns], rows))
+    parts.append(html_table(["model", *table.columns], rows))
 
     chart_column = next((column for column in ("ndcg@10", "ndcg@20") if column in table.columns), None)
     if chart_column:
         plotted = table[chart_column].dropna()
         title = f"{chart_column.replace('ndcg', 'nDCG')}: {protocol}"
         figure = _bar_chart([str(model) for model in plotted.index], plotted.tolist(), title)
-        parts.append(_png_img(figure, f"{chart_column} per model, {protocol}"))
+        parts.append(png_img(figure, f"{chart_column} per model, {protocol}"))
     return "\n".join(parts)
 
 
@@ -327,10 +331,10 @@ def ablation_rows(metrics: pd.DataFrame) -> list[tuple[str, str, str, float]]:
 
 def _ablation_section(metrics: pd.DataFrame) -> str:
     rows = ablation_rows(metrics)
-    heading = f"<h2>Modality ablation ({_e(ABLATION_PROTOCOL)}, {_e(ABLATION_COLUMN)})</h2>"
+    heading = f"<h2>Modality ablation ({escape_html(ABLATION_PROTOCOL)}, {escape_html(ABLATION_COLUMN)})</h2>"
     if not rows:
         nothing = f"No {ONLY_PREFIX}* or {WITHOUT_PREFIX}* models were evaluated."
-        return f'{heading}\n<p class="muted">{_e(nothing)}</p>'
+        return f'{heading}\n<p class="muted">{escape_html(nothing)}</p>'
     explanation = (
         '<p class="muted">On items no model saw in training, only content can rank: "only X" ranks with one '
         'modality, "all minus X" with all but X, "all" is the full ranker.</p>'
@@ -341,14 +345,18 @@ def _ablation_section(metrics: pd.DataFrame) -> str:
         f"{ABLATION_COLUMN}: {ABLATION_PROTOCOL}",
         colours=[GROUP_COLOURS[group] for group, *_ in rows],
     )
-    table = _html_table(
+    table = html_table(
         ["group", "model", ABLATION_COLUMN],
         (
-            [f"<td>{_e(group)}</td>", f"<td>{_e(model)}</td>", f'<td class="number">{value:.4f}</td>']
+            [
+                f"<td>{escape_html(group)}</td>",
+                f"<td>{escape_html(model)}</td>",
+                f'<td class="number">{value:.4f}</td>',
+            ]
             for group, _, model, value in rows
         ),
     )
-    return "\n".join([heading, explanation, _png_img(figure, "modality ablation"), table])
+    return "\n".join([heading, explanation, png_img(figure, "modality ablation"), table])
 
 
 def _run_rows(metrics: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
@@ -378,8 +386,8 @@ def render_evaluation_report(metrics: pd.DataFrame, context: Mapping[str, Any]) 
     body = "\n".join(section for section in sections if section)
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
-        f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        f'<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape_html(title)}</title>\n'
+        f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 
 
