@@ -142,6 +142,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scale(args: argparse.Namespace) -> int:
+    from jobs import bench_scale
+
+    runs = bench_scale.bench_scale(args.fractions, args.work, args.k)
+    print(
+        f"\nall sizes done; results in {args.work / 'results.json'}, each stage's log in {args.work}/fraction-*/logs"
+    )
+    return 0 if runs else 1
+
+
+def _bench_als_peer(args: argparse.Namespace) -> int:
+    from jobs import bench_scale
+
+    result = bench_scale.als_peer(args.lake, args.ds, args.k, args.out)
+    print(f"ALS fit {result['fit_seconds']} s, recommendForAllUsers({args.k}) {result['recommend_seconds']} s")
+    return 0
+
+
+def _scale_data(args: argparse.Namespace) -> int:
+    from jobs import scale_data
+
+    summary = scale_data.run_from_args(args)
+    print(
+        f"wrote {summary.interactions:,} interactions of {summary.users:,} users and {summary.items:,} items "
+        f"to {summary.out} in {summary.seconds} s"
+    )
+    return 0
+
+
 def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
@@ -238,15 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--fail-if-incomplete", action="store_true", help="exit 1 when a stage did not report")
     report.set_defaults(handler=_report)
 
+    from jobs import bench_scale, scale_data
+
+    scale = commands.add_parser(
+        "scale-data", help="write ml-25m-shaped synthetic interactions and content (Spark)"
+    )
+    scale_data.add_arguments(scale)
+    scale.set_defaults(handler=_scale_data)
+
     bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
-    bench_parser.add_argument("stage", choices=["extract"], help="which stage to benchmark")
-    bench_parser.add_argument(
+    benches = bench_parser.add_subparsers(dest="bench", required=True)
+    bench_extract = benches.add_parser("extract", help="each extractor: Spark job vs a bare in-process loop")
+    bench_extract.add_argument(
         "--datasets", nargs="+", default=["demo", "ml-latest-small"], choices=["demo", "ml-latest-small"]
     )
-    bench_parser.add_argument(
+    bench_extract.add_argument(
         "--modalities", nargs="+", default=list(extract.MODALITY_INPUTS), choices=list(extract.MODALITY_INPUTS)
     )
-    bench_parser.set_defaults(handler=_bench)
+    bench_extract.set_defaults(handler=_bench)
+    bench_scale_parser = benches.add_parser(
+        "scale", help="ingest → fuse → train → publish on ml-25m-shaped data at growing sizes, vs Spark ALS"
+    )
+    bench_scale.add_arguments(bench_scale_parser)
+    bench_scale_parser.set_defaults(handler=_bench_scale)
+    als_parser = benches.add_parser(
+        "als-peer", help="Spark ALS fit + recommendForAllUsers on a lake (bench scale's peer)"
+    )
+    add_run_arguments(als_parser)
+    als_parser.add_argument("--k", type=int, default=50)
+    als_parser.add_argument("--out", type=Path, required=True, help="JSON file for the timings")
+    als_parser.set_defaults(handler=_bench_als_peer)
 
     tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
     tables.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -293,7 +294,8 @@ def eligible_item_mask(
     available = (
         lake.read_table(spark, config, CATALOG)
         .select("item_id", (F.col("available_from").isNull() | (F.col("available_from") <= F.lit(ds))).alias("ok"))
-        .toPandas()
+        .toArrow()
+        .to_pandas()
     )
     mask = np.zeros(len(item_ids), dtype=bool)
     ids = available.loc[available["ok"], "item_id"].to_numpy(dtype=np.int64)
@@ -653,7 +655,7 @@ def run_publish(
             report.rows = rows.count()
             listed = {r.item_id for r in rows.select("item_id").distinct().collect()}
             report.items_listed, report.cold_items_listed = len(listed), len(listed & cold_items)
-            expected = spark.createDataFrame(pd.DataFrame({"user_id": data.user_ids, "rows": expected_rows}))
+            expected = spark.createDataFrame(pa.table({"user_id": data.user_ids, "rows": expected_rows}))
             catalog = lake.read_table(spark, config, CATALOG).select("item_id", "available_from")
             previous_ds, previous = previous_partition(spark, config, ds)
             report.previous_ds = previous_ds.isoformat() if previous_ds else None

@@ -67,17 +67,22 @@ def models_dir(config: PipelineConfig) -> Path:
 def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
     """Interactions up to the end of `ds`, genres and fused vectors for every catalog item, as numpy."""
     end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
+    # Each pair once, at its latest event, reduced in Spark; the driver receives three int64 columns
+    # as Arrow (24 bytes a pair: 0.6 GB for ml-25m), never Python rows.
     interactions = (
         lake.read_table(spark, config, INTERACTIONS)
         .where(F.col("event_time") < F.lit(end_of_day))
-        .select("user_id", "item_id", F.unix_timestamp("event_time").alias("seconds"))
-        .toPandas()
+        .groupBy("user_id", "item_id")
+        .agg(F.max(F.unix_timestamp("event_time")).alias("seconds"))
+        .toArrow()
+        .to_pandas()
     )
-    catalog = lake.read_table(spark, config, CATALOG).select("item_id", "genres").toPandas()
+    # Arrow, not Python rows: one fused vector per catalog item is 62k arrays at ml-25m's size.
+    catalog = lake.read_table(spark, config, CATALOG).select("item_id", "genres").toArrow().to_pandas()
     vectors = lake.read_table(spark, config, ITEM_VECTORS).select(
         "item_id", "vector", "layout", "block_dims", "fusion_version"
     )
-    vectors = vectors.toPandas()
+    vectors = vectors.toArrow().to_pandas()
     if vectors.empty:
         raise ValueError("item_vectors is empty: run the fuse job for this lake first")
     if interactions.empty:
