@@ -160,6 +160,15 @@ def _bench_als_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serving_probe(args: argparse.Namespace) -> int:
+    from jobs import bench_scale
+
+    for fraction in args.fractions:
+        result = bench_scale.serving_probe(fraction, args.work, args.blocks)
+        print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+    return 0
+
+
 def _scale_data(args: argparse.Namespace) -> int:
     from jobs import scale_data
 
@@ -290,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_scale.add_arguments(bench_scale_parser)
     bench_scale_parser.set_defaults(handler=_bench_scale)
+    probe = benches.add_parser(
+        "serving-probe",
+        help="publish's base-model fit and per-block scoring cost on generated data, without Spark",
+    )
+    probe.add_argument("--fractions", nargs="+", type=float, default=[1.0])
+    probe.add_argument("--work", type=Path, default=bench_scale.default_work())
+    probe.add_argument("--blocks", type=int, default=8, help="blocks of 256 users to score (default: %(default)s)")
+    probe.set_defaults(handler=_bench_serving_probe)
     als_parser = benches.add_parser(
         "als-peer", help="Spark ALS fit + recommendForAllUsers on a lake (bench scale's peer)"
     )

@@ -9,11 +9,18 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from test_ranking import TINY, no_content, pairs, planted
 
 from jobs.bench_scale import TreeMemory, growth_exponent
 from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, UserKnnScorer, keep_nearest, most_interacted
-from jobs.ranking.ranker import RankerSettings, build_training_set, sequence_neighbours, user_sequences
+from jobs.ranking.ranker import (
+    RankerSettings,
+    build_training_set,
+    keep_strongest_per_row,
+    sequence_neighbours,
+    user_sequences,
+)
 from jobs.scale_data import FIRST_EVENT, LAST_EVENT, VECTOR_DIM, ScaleShape, generate_scale_data
 
 
@@ -66,6 +73,34 @@ def test_user_knn_scores_equal_the_dense_definition():
     np.testing.assert_allclose(model.score(users), similarity @ dense, rtol=1e-5, atol=1e-6)
 
 
+def test_user_knn_pool_limits_neighbours_to_the_most_active_users():
+    data = random_pairs(4, per_user=8)
+    extra = pairs([(0, item, 10**6 + item) for item in range(20, 40)], data.n_users, data.n_items)
+    data = pairs(
+        list(
+            zip(
+                np.r_[data.users, extra.users],
+                np.r_[data.items, extra.items],
+                np.r_[data.times, extra.times],
+                strict=True,
+            )
+        ),
+        data.n_users,
+        data.n_items,
+    )  # user 0 is the most active
+    model = UserKnnScorer(neighbours=3, shrink=1.0, max_pool=10).fit(data, no_content(data.n_items))
+    pool = most_interacted(data.user_counts(), 10)
+    assert model.pool.tolist() == pool.tolist() and 0 in pool
+    users = np.array([0, 5, 17])
+    dense = data.matrix().toarray()
+    norms = np.sqrt(dense.sum(axis=1))
+    similarity = (dense[users] @ dense[pool].T) / (np.outer(norms[users], norms[pool]) + 1.0)
+    for row, user in enumerate(users):  # nobody is their own neighbour
+        similarity[row, pool == user] = 0.0
+    keep_nearest(similarity, 3, axis=1)
+    np.testing.assert_allclose(model.score(users), similarity @ dense[pool], rtol=1e-5, atol=1e-6)
+
+
 def test_sequence_neighbours_count_pairs_within_the_window_cosine_scaled():
     data = random_pairs(2)
     order, users, _ = user_sequences(data)
@@ -79,6 +114,22 @@ def test_sequence_neighbours_count_pairs_within_the_window_cosine_scaled():
     norms = np.sqrt(np.maximum(data.item_counts(), 1))
     expected /= np.outer(norms, norms)
     np.testing.assert_allclose(sequence_neighbours(data, 2).toarray(), expected, rtol=1e-6)
+
+
+def test_keep_strongest_per_row_keeps_the_largest_entries_of_long_rows_only():
+    matrix = sp.csr_matrix(np.array([[0.1, 0.5, 0.3, 0.5], [0.2, 0, 0, 0], [0, 0.4, 0.9, 0]], dtype=np.float32))
+    kept = keep_strongest_per_row(matrix, 2).toarray()
+    # Row 0 keeps its two 0.5s (a tie, both kept because they are the top two); rows 1 and 2 are short.
+    np.testing.assert_allclose(kept, [[0, 0.5, 0, 0.5], [0.2, 0, 0, 0], [0, 0.4, 0.9, 0]])
+    assert keep_strongest_per_row(matrix, 3) is not matrix and keep_strongest_per_row(matrix, 4) is matrix
+    data = random_pairs(3)
+    capped = sequence_neighbours(data, 2, keep=5)
+    whole = sequence_neighbours(data, 2).toarray()
+    assert np.diff(capped.indptr).max() == 5
+    for row in range(data.n_items):  # each kept entry is one of the row's 5 largest
+        kept_values = capped[row].data
+        if len(kept_values):
+            assert kept_values.min() >= np.sort(whole[row])[-5] - 1e-7
 
 
 def test_training_set_samples_at_most_max_training_users_per_fold():

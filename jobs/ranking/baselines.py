@@ -196,26 +196,43 @@ class ItemKnnScorer:
 
 @dataclass
 class UserKnnScorer:
-    """User-based kNN: a user's score for an item sums their `neighbours` most similar users' interactions."""
+    """User-based kNN: a user's score for an item sums their `neighbours` most similar users' interactions.
+
+    Neighbours come from a pool of at most `max_pool` users, the most active (0: every user with an
+    interaction). Comparing each user with every other makes scoring quadratic in the users: at
+    ml-25m's 162k users one block of 256 users spent 3.3 s of its 9 s here; a pool of 20,000 bounds it.
+    """
 
     neighbours: int = 50
     shrink: float = 10.0
     name: str = "user_knn"
     matrix: sp.csr_matrix | None = None
     norms: np.ndarray | None = None
+    max_pool: int = 0
+    pool: np.ndarray | None = None  # user indices that can be neighbours, ascending
+    pool_rows: sp.csr_matrix | None = None  # pool users × items
+    pool_columns: sp.csr_matrix | None = None  # items × pool users: the same, transposed once at fit
 
     def fit(self, train: Interactions, items: ItemSide) -> UserKnnScorer:
         self.matrix = train.matrix()
         self.norms = np.sqrt(np.asarray(self.matrix.sum(axis=1)).ravel())
+        self.pool = most_interacted(train.user_counts(), self.max_pool)
+        self.pool_rows = self.matrix[self.pool]
+        self.pool_columns = self.pool_rows.T.tocsr()
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        overlap = np.asarray((self.matrix[users] @ self.matrix.T).todense(), dtype=np.float32)
-        similarity = overlap / (np.outer(self.norms[users], self.norms) + self.shrink)
-        similarity[np.arange(len(users)), users] = 0.0
+        if len(self.pool) == 0:
+            return np.zeros((len(users), self.matrix.shape[1]), dtype=np.float32)
+        overlap = (self.matrix[users] @ self.pool_columns).toarray().astype(np.float32, copy=False)
+        similarity = overlap / (np.outer(self.norms[users], self.norms[self.pool]) + self.shrink)
+        # A user is not their own neighbour.
+        position = np.minimum(np.searchsorted(self.pool, users), len(self.pool) - 1)
+        in_pool = self.pool[position] == users
+        similarity[np.flatnonzero(in_pool), position[in_pool]] = 0.0
         keep_nearest(similarity, self.neighbours, axis=1)
         # Sparse times sparse: the neighbours' rows only, never a dense users × items copy of the matrix.
-        return (sp.csr_matrix(similarity) @ self.matrix).toarray().astype(np.float32, copy=False)
+        return (sp.csr_matrix(similarity) @ self.pool_rows).toarray().astype(np.float32, copy=False)
 
 
 @dataclass

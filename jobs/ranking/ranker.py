@@ -70,9 +70,15 @@ class RankerSettings:
     # Users whose targets train the network, per inner fold: a seeded sample above this. The network
     # has ~3k weights; more users than this make training slower, not the ranker better.
     max_training_users: int = 3_000
+    # User-kNN looks for neighbours among at most this many users, the most active (its cost per user
+    # grows with the pool, so without a bound scoring is quadratic in users). ml-latest-small's 610 fit.
+    user_knn_pool: int = 20_000
     window_days: float = 180.0  # "popular around the user's time" window, each side
     recency_half_life: float = 10.0  # positions from the end of a user's history
     sequence_window: int = 5  # positions each side that count as "rated together"
+    # Each item's strongest sequence neighbours kept: ml-latest-small's largest row has 1,011, so it
+    # keeps them all; at ml-25m's size rows reach tens of thousands and dominate scoring.
+    sequence_neighbours_kept: int = 1_024
     hidden: int = 64
     epochs: int = 30
     patience: int = 4
@@ -121,11 +127,13 @@ def recency_matrix(train: Interactions, half_life: float) -> sp.csr_matrix:
     return sp.csr_matrix((weights, (users, train.items[order])), shape=(train.n_users, train.n_items))
 
 
-def sequence_neighbours(train: Interactions, window: int) -> sp.csr_matrix:
-    """Item × item counts of "rated within `window` positions of each other by the same user", cosine-scaled.
+def sequence_neighbours(train: Interactions, window: int, keep: int = 0) -> sp.csr_matrix:
+    """Item × item counts of "rated within `window` positions of each other by the same user", cosine-scaled,
+    each item keeping its `keep` strongest neighbours (0: all).
 
     Users rate in sessions that follow what they were browsing, so neighbours in a user's sequence
-    are related more tightly than items that merely share a user.
+    are related more tightly than items that merely share a user. The cap bounds the cost of scoring:
+    at ml-25m's size popular items sit next to tens of thousands of others.
     """
     order, users, _ = user_sequences(train)
     items = train.items[order]
@@ -138,7 +146,20 @@ def sequence_neighbours(train: Interactions, window: int) -> sp.csr_matrix:
         counts = counts + pairs + pairs.T
     norms = np.sqrt(np.maximum(train.item_counts(), 1)).astype(np.float32)
     scale = sp.diags(1.0 / norms)
-    return (scale @ counts @ scale).tocsr()
+    return keep_strongest_per_row((scale @ counts @ scale).tocsr(), keep)
+
+
+def keep_strongest_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """`matrix` with only each row's `keep` largest entries (ties: the lower column); unchanged when no row
+    has more, or when `keep` is 0."""
+    counts = np.diff(matrix.indptr)
+    if keep <= 0 or counts.max(initial=0) <= keep:
+        return matrix
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), counts)
+    order = np.lexsort((matrix.indices, -matrix.data, rows))  # row by row, strongest first
+    rank = np.arange(len(order)) - matrix.indptr[rows[order]]
+    kept = np.sort(order[rank < keep])
+    return sp.csr_matrix((matrix.data[kept], (rows[kept], matrix.indices[kept])), shape=matrix.shape)
 
 
 def _time_key(items: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -159,7 +180,7 @@ def fit_base_models(
         train=train,
         ease=EaseScorer(settings.ease_l2, max_items=settings.item_model_items).fit(train, items),
         knn=ItemKnnScorer(settings.knn_neighbours, max_items=settings.item_model_items).fit(train, items),
-        user_knn=UserKnnScorer().fit(train, items),
+        user_knn=UserKnnScorer(max_pool=settings.user_knn_pool).fit(train, items),
         item_counts=item_counts,
         user_counts=train.user_counts(),
         user_last_time=user_last_time,
@@ -169,7 +190,7 @@ def fit_base_models(
         genre_profiles=user_profiles(train, normalised_rows(items.genres.toarray().astype(np.float32))),
         seen=train.matrix().tocsr(),
         recent=recency_matrix(train, settings.recency_half_life),
-        neighbours=sequence_neighbours(train, settings.sequence_window),
+        neighbours=sequence_neighbours(train, settings.sequence_window, settings.sequence_neighbours_kept),
     )
 
 
