@@ -149,17 +149,29 @@ def sequence_neighbours(train: Interactions, window: int, keep: int = 0) -> sp.c
     return keep_strongest_per_row((scale @ counts @ scale).tocsr(), keep)
 
 
-def keep_strongest_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+def keep_strongest_per_row(matrix: sp.csr_matrix, keep: int, entries_per_chunk: int = 4_000_000) -> sp.csr_matrix:
     """`matrix` with only each row's `keep` largest entries (ties: the lower column); unchanged when no row
-    has more, or when `keep` is 0."""
+    has more, or when `keep` is 0. Works through chunks of rows holding about `entries_per_chunk`
+    entries, so the sort's temporaries stay small next to a 70M-entry matrix."""
     counts = np.diff(matrix.indptr)
     if keep <= 0 or counts.max(initial=0) <= keep:
         return matrix
-    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), counts)
-    order = np.lexsort((matrix.indices, -matrix.data, rows))  # row by row, strongest first
-    rank = np.arange(len(order)) - matrix.indptr[rows[order]]
-    kept = np.sort(order[rank < keep])
-    return sp.csr_matrix((matrix.data[kept], (rows[kept], matrix.indices[kept])), shape=matrix.shape)
+    kept_rows, kept_columns, kept_values = [], [], []
+    start = 0
+    while start < matrix.shape[0]:
+        stop = max(start + 1, int(np.searchsorted(matrix.indptr, matrix.indptr[start] + entries_per_chunk)) - 1)
+        stop = min(stop, matrix.shape[0])
+        chunk = matrix[start:stop]
+        rows = np.repeat(np.arange(start, stop, dtype=np.int32), np.diff(chunk.indptr))
+        order = np.lexsort((chunk.indices, -chunk.data, rows))  # row by row, strongest first
+        rank = np.arange(len(order)) - chunk.indptr[rows[order] - start]
+        kept = order[rank < keep]
+        kept_rows.append(rows[kept])
+        kept_columns.append(chunk.indices[kept])
+        kept_values.append(chunk.data[kept])
+        start = stop
+    coordinates = (np.concatenate(kept_rows), np.concatenate(kept_columns))
+    return sp.csr_matrix((np.concatenate(kept_values), coordinates), shape=matrix.shape)
 
 
 def _time_key(items: np.ndarray, times: np.ndarray) -> np.ndarray:
