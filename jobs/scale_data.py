@@ -85,22 +85,27 @@ def item_clusters(shape: ScaleShape) -> np.ndarray:
     return np.random.default_rng([shape.seed, 1]).integers(0, CLUSTERS, shape.items)
 
 
-def popularity_tables(shape: ScaleShape) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative draw probabilities: (global CDF over all items, per-cluster CDFs over all items).
+@dataclass(frozen=True)
+class DrawTables:
+    """What every executor needs to draw from, built once on the driver (20 × 62,423 floats)."""
 
-    Popularity rank is a seeded permutation of item ids, so item 1 is not automatically the most popular.
-    """
+    clusters: np.ndarray  # each item's taste cluster
+    overall: np.ndarray  # cumulative draw probabilities over all items
+    per_cluster: np.ndarray  # the same within each cluster (zero weight outside it)
+
+
+def draw_tables(shape: ScaleShape) -> DrawTables:
+    """Popularity rank is a seeded permutation of item ids, so item 1 is not automatically the most popular."""
     rank = np.random.default_rng([shape.seed, 2]).permutation(shape.items)
     weight = (rank + POPULARITY_OFFSET) ** -POPULARITY_EXPONENT
     clusters = item_clusters(shape)
-    overall = np.cumsum(weight / weight.sum())
     per_cluster = np.stack([np.cumsum(np.where(clusters == c, weight, 0.0)) for c in range(CLUSTERS)])
     per_cluster /= per_cluster[:, -1:]
-    return overall, per_cluster
+    return DrawTables(clusters, np.cumsum(weight / weight.sum()), per_cluster)
 
 
 def user_interactions(
-    user: int, shape: ScaleShape, overall: np.ndarray, per_cluster: np.ndarray
+    user: int, shape: ScaleShape, tables: DrawTables
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One user's (items, ratings, timestamps): distinct items, seeded by (seed, user)."""
     rng = np.random.default_rng([shape.seed, 3, user])
@@ -111,9 +116,11 @@ def user_interactions(
         draws = int((wanted - len(chosen)) * 1.5) + 8
         from_taste = rng.random(draws) < TASTE_SHARE
         u = rng.random(draws)
-        picks = np.where(from_taste, np.searchsorted(per_cluster[taste], u), np.searchsorted(overall, u))
+        picks = np.where(
+            from_taste, np.searchsorted(tables.per_cluster[taste], u), np.searchsorted(tables.overall, u)
+        )
         chosen = pd.unique(np.concatenate([chosen, picks.clip(0, shape.items - 1)]))[:wanted]
-    in_taste = item_clusters_cache(shape)[chosen] == taste
+    in_taste = tables.clusters[chosen] == taste
     ratings = np.clip(np.round((3.2 + 1.0 * in_taste + rng.normal(0, 0.9, len(chosen))) * 2) / 2, 0.5, 5.0)
     span = (LAST_EVENT - FIRST_EVENT).total_seconds()
     start = FIRST_EVENT.timestamp() + rng.random() * span * 0.95
@@ -122,20 +129,11 @@ def user_interactions(
     return chosen + 1, ratings.astype(np.float32), times
 
 
-_CLUSTERS_CACHE: dict[ScaleShape, np.ndarray] = {}
-
-
-def item_clusters_cache(shape: ScaleShape) -> np.ndarray:
-    if shape not in _CLUSTERS_CACHE:
-        _CLUSTERS_CACHE[shape] = item_clusters(shape)
-    return _CLUSTERS_CACHE[shape]
-
-
-def interactions_partition(shape: ScaleShape, overall: np.ndarray, per_cluster: np.ndarray):
+def interactions_partition(shape: ScaleShape, tables: DrawTables):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             for user in batch["id"].to_numpy():
-                items, ratings, times = user_interactions(int(user), shape, overall, per_cluster)
+                items, ratings, times = user_interactions(int(user), shape, tables)
                 yield pd.DataFrame(
                     {
                         "user_id": np.full(len(items), user + 1),
@@ -148,9 +146,8 @@ def interactions_partition(shape: ScaleShape, overall: np.ndarray, per_cluster: 
     return run
 
 
-def catalog_partition(shape: ScaleShape):
+def catalog_partition(shape: ScaleShape, clusters: np.ndarray):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        clusters = item_clusters_cache(shape)
         centroids = np.random.default_rng([shape.seed, 4]).normal(size=(CLUSTERS, VECTOR_DIM))
         for batch in batches:
             ids = batch["id"].to_numpy()
@@ -174,10 +171,10 @@ def generate_scale_data(spark: SparkSession, out: Path, shape: ScaleShape) -> Sc
     """Write catalog, interactions and content vectors of `shape` under `out` (replacing what is there)."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    overall, per_cluster = popularity_tables(shape)
+    tables = draw_tables(shape)
     item_partitions = max(2, shape.items // 20_000)
     items = spark.range(shape.items, numPartitions=item_partitions).mapInPandas(
-        catalog_partition(shape), CATALOG_SCHEMA + ", vector array<float>"
+        catalog_partition(shape, tables.clusters), CATALOG_SCHEMA + ", vector array<float>"
     )
     items = items.localCheckpoint(eager=True)
     items.drop("vector").write.mode("overwrite").parquet(str(out / "catalog.parquet"))
@@ -186,7 +183,7 @@ def generate_scale_data(spark: SparkSession, out: Path, shape: ScaleShape) -> Sc
 
     user_partitions = max(2, -(-shape.users // USERS_PER_PARTITION))
     interactions = spark.range(shape.users, numPartitions=user_partitions).mapInPandas(
-        interactions_partition(shape, overall, per_cluster), INTERACTIONS_SCHEMA
+        interactions_partition(shape, tables), INTERACTIONS_SCHEMA
     )
     interactions.write.mode("overwrite").parquet(str(out / "interactions.parquet"))
     count = spark.read.parquet(str(out / "interactions.parquet")).count()
