@@ -21,13 +21,13 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
+from jobs.bench import PeakMemory
 from jobs.scale_data import LAST_EVENT, ScaleShape
 
 log = logging.getLogger("modalrank.bench_scale")
@@ -36,16 +36,15 @@ SCALE_DS = LAST_EVENT.date()  # the run date: every generated event is on or bef
 ALS_SETTINGS = dict(rank=64, maxIter=15, regParam=0.05, alpha=10.0, implicitPrefs=True, seed=0)
 
 
-class TreeMemory:
-    """Peak RSS of a process tree, by role: the root (Python driver), `java` (the JVM), other children
-    (Spark's Python workers). Each role's peak is the peak of its sum over the sampled instants."""
+class TreeMemory(PeakMemory):
+    """Peak RSS of another process's tree, by role: the root (Python driver), `java` (the JVM), other
+    children (Spark's Python workers). Each role's peak is the peak of its sum over the sampled instants.
+    The sampling thread and the context manager are `PeakMemory`'s."""
 
     def __init__(self, pid: int, every_seconds: float = 0.25) -> None:
+        super().__init__(every_seconds)
         self.pid = pid
-        self.every_seconds = every_seconds
         self.peak = {"driver_python": 0, "jvm": 0, "python_workers": 0, "total": 0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         try:
@@ -72,14 +71,6 @@ class TreeMemory:
             for role, value in now.items():
                 self.peak[role] = max(self.peak[role], value)
             self._stop.wait(self.every_seconds)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def gib(self) -> dict[str, float]:
         return {role: round(value / 2**30, 2) for role, value in self.peak.items()}
@@ -283,7 +274,6 @@ def serving_probe(fraction: float, work: Path, blocks: int, seed: int = 0) -> di
     import pyarrow.parquet as pq
     import scipy.sparse as sp
 
-    from jobs.bench import PeakMemory
     from jobs.ranking.baselines import ItemSide, normalised_rows
     from jobs.ranking.data import index_interactions
     from jobs.ranking.ranker import RankerSettings, candidates_and_features, fit_base_models
