@@ -210,27 +210,6 @@ def _worker_serving(plan: ServingPlan) -> Served:
     return _worker_served[plan.token]
 
 
-def block_lists(scores: np.ndarray, seen: np.ndarray, eligible_items: np.ndarray, k: int) -> pd.DataFrame:
-    """Top k per row of a block's scores among eligible, unseen items, as (row, rank, item, score).
-
-    `seen` is the block's users × items boolean matrix. Equal scores: the lower item index first, so
-    a rerun gives the same lists. A row with fewer than k eligible items lists all of them.
-    """
-    from jobs.ranking.metrics import PADDING, top_k_from_scores_padded
-
-    top = top_k_from_scores_padded(scores, seen | ~eligible_items[None, :], k)
-    rows, ranks = np.nonzero(top != PADDING)
-    items = top[rows, ranks]
-    return pd.DataFrame(
-        {
-            "row": rows,
-            "rank": (ranks + 1).astype(np.int32),
-            "item": items,
-            "score": scores[rows, items].astype(float),
-        }
-    )
-
-
 def score_partition(plan: ServingPlan):
     """The mapInPandas function: user indices in, each user's top-K rows out."""
 
@@ -241,11 +220,9 @@ def score_partition(plan: ServingPlan):
         users = np.sort(np.concatenate(users)) if users else np.empty(0, dtype=np.int64)
         # Blocks are fixed ranges of user indices (see score_lists), whichever task gets them.
         blocks = np.split(users, np.flatnonzero(np.diff(users // plan.users_per_block)) + 1)
-        seen = served.ranker.base.seen
         started, done = time.monotonic(), 0
         for block in (block for block in blocks if len(block)):
-            scores = served.ranker.score(block, served.eligible_items)
-            lists = block_lists(scores, seen[block].toarray() > 0, served.eligible_items, plan.k)
+            lists = served.ranker.top_k(block, served.eligible_items, plan.k)
             done += len(block)
             log.info(
                 "publish worker: %d/%d users of this task scored (%.1f users/s)",
@@ -253,10 +230,10 @@ def score_partition(plan: ServingPlan):
             )  # fmt: skip
             yield pd.DataFrame(
                 {
-                    "user_id": served.user_ids[block[lists["row"].to_numpy()]],
-                    "rank": lists["rank"],
-                    "item_id": served.item_ids[lists["item"].to_numpy()],
-                    "score": lists["score"],
+                    "user_id": served.user_ids[block[lists.rows]],
+                    "rank": lists.ranks,
+                    "item_id": served.item_ids[lists.items],
+                    "score": lists.scores.astype(float),
                 }
             )
 

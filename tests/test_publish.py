@@ -20,7 +20,7 @@ from conftest import ingest_with_taste_vectors
 
 from jobs import lake
 from jobs.demo_data import DemoDataConfig, generate_demo_data
-from jobs.publish import PublishGateError, block_lists, check_lists, run_publish, user_blocks
+from jobs.publish import PublishGateError, check_lists, run_publish, user_blocks
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 
 DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
@@ -31,27 +31,6 @@ K = 10
 
 # ---------------------------------------------------------------------------------------------------
 # Pure numpy
-
-
-def test_block_lists_cut_k_among_eligible_unseen_items_ties_by_item_index():
-    scores = np.array(
-        [
-            [0.5, 0.9, 0.9, 0.1, 0.7],  # item 1 and 2 tie: the lower index first
-            [0.3, 0.2, 0.8, 0.6, 0.4],  # has seen items 2 and 3: only 0 and 1 are left (item 4 is unavailable)
-        ],
-        dtype=np.float32,
-    )
-    seen = np.array([[False, False, False, False, False], [False, False, True, True, False]])
-    eligible = np.array([True, True, True, True, False])
-    lists = block_lists(scores, seen, eligible, k=3)
-    assert lists[["row", "rank", "item"]].values.tolist() == [
-        [0, 1, 1],
-        [0, 2, 2],
-        [0, 3, 0],
-        [1, 1, 0],
-        [1, 2, 1],
-    ]
-    assert lists["score"].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.3, 0.2])
 
 
 def _tiny_ranking_inputs():

@@ -273,3 +273,30 @@ def test_ranker_is_reproducible_by_seed_and_survives_save_and_load(tmp_path):
     other_items = ItemSide({"content": items.blocks["content"]}, items.genres)
     with pytest.raises(ValueError, match="retrain it"):
         load_ranker(tmp_path / "artifact", other_items, first.base)
+
+
+@pytest.mark.parametrize("rank_every_allowed_below", [0, 2_000], ids=["candidates", "every-allowed-item"])
+def test_top_k_is_the_dense_scores_cut_without_the_dense_scores(monkeypatch, rank_every_allowed_below):
+    """Publish's lists come from `top_k`, which sorts only the candidates; they must be exactly the
+    lists that ranking every item by `score` gives, including users with fewer candidates than k (they
+    continue in popularity order) and users with fewer eligible items than k (short lists)."""
+    from jobs.ranking import ranker as ranker_module
+
+    monkeypatch.setattr(ranker_module, "SCORE_EVERY_ALLOWED_BELOW", rank_every_allowed_below)
+    data, items = planted()
+    ranker = HybridRanker(FAST).fit(data, items)
+    allowed = np.random.default_rng(3).random(data.n_items) > 0.2
+    users = np.arange(data.n_users)
+    excluded = (ranker.base.seen.toarray() > 0) | ~allowed[None, :]
+    for k in (10, 140):  # 140: more than most users' candidates, and than every user's eligible items
+        scores = ranker.score(users, allowed)
+        expected = metrics.top_k_from_scores_padded(scores, excluded, k)
+        rows, columns = np.nonzero(expected != metrics.PADDING)
+        top = ranker.top_k(users, allowed, k)
+        np.testing.assert_array_equal(top.rows, rows)
+        np.testing.assert_array_equal(top.ranks, columns + 1)
+        np.testing.assert_array_equal(top.items, expected[rows, columns])
+        np.testing.assert_array_equal(top.scores, scores[rows, expected[rows, columns]])
+    assert (np.bincount(top.rows, minlength=len(users)) < 140).all()
+    if rank_every_allowed_below == 0:
+        assert (top.scores < -9e5).any(), "some lists should continue past their candidates"

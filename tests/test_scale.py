@@ -192,3 +192,27 @@ def test_tree_memory_sees_the_driver_and_its_children():
     assert peaks["driver_python"] >= 0.29
     assert peaks["python_workers"] >= 0.19  # a non-java child counts as a worker
     assert peaks["total"] >= 0.48 and peaks["jvm"] == 0.0
+
+
+def test_scoring_kernels_equal_scipy_bit_for_bit():
+    from jobs.ranking.kernels import sparse_times_dense_rows, sparse_times_sparse
+
+    rng = np.random.default_rng(5)
+    left = sp.random(30, 50, density=0.15, format="csr", dtype=np.float32, random_state=1)
+    reweighted = left.copy()
+    reweighted.data = rng.random(left.nnz).astype(np.float32)  # the same pattern: one shared pass
+    other = sp.random(30, 50, density=0.1, format="csr", dtype=np.float32, random_state=2)  # another pattern
+    right = sp.random(50, 70, density=0.2, format="csr", dtype=np.float32, random_state=3)
+    products = sparse_times_sparse([left, reweighted, other], right)
+    for matrix, product in zip([left, reweighted, other], products, strict=True):
+        assert product.dtype == np.float32
+        np.testing.assert_array_equal(product, (matrix @ right).toarray())
+
+    rows = np.sort(rng.choice(50, 20, replace=False))  # the left columns the dense rows stand for
+    dense = rng.normal(size=(20, 40)).astype(np.float32)
+    for matrix, product in zip(
+        [left, reweighted], sparse_times_dense_rows([left, reweighted], rows, dense), strict=True
+    ):
+        np.testing.assert_array_equal(product, matrix[:, rows] @ dense)
+    with pytest.raises(ValueError, match="do not multiply"):
+        sparse_times_sparse([left], right.T.tocsr())

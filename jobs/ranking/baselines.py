@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from jobs.ranking.data import Interactions
+from jobs.ranking.kernels import sparse_times_dense_rows, sparse_times_sparse
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,16 @@ class EaseScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self.score_vectors(self.matrix[users])
+        return self.score_vectors(self.matrix[users])[0]
 
-    def score_vectors(self, user_vectors: sp.csr_matrix) -> np.ndarray:
-        """Scores for arbitrary (e.g. recency-weighted) user × item rows."""
-        scores = np.zeros(user_vectors.shape, dtype=np.float32)
-        scores[:, self.warm] = user_vectors[:, self.warm] @ self.weights
+    def score_vectors(self, *user_vectors: sp.csr_matrix) -> list[np.ndarray]:
+        """Scores for arbitrary (e.g. recency-weighted) user × item rows, one array per matrix given;
+        matrices with one sparsity pattern share one pass over the weights."""
+        scores = []
+        for among_warm in sparse_times_dense_rows(list(user_vectors), self.warm, self.weights):
+            full = np.zeros((among_warm.shape[0], self.matrix.shape[1]), dtype=np.float32)
+            full[:, self.warm] = among_warm
+            scores.append(full)
         return scores
 
 
@@ -191,7 +196,7 @@ class ItemKnnScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return np.asarray((self.matrix[users] @ self.similarity).todense(), dtype=np.float32)
+        return sparse_times_sparse([self.matrix[users]], self.similarity)[0]
 
 
 @dataclass
@@ -224,7 +229,7 @@ class UserKnnScorer:
     def score(self, users: np.ndarray) -> np.ndarray:
         if len(self.pool) == 0:
             return np.zeros((len(users), self.matrix.shape[1]), dtype=np.float32)
-        overlap = (self.matrix[users] @ self.pool_columns).toarray().astype(np.float32, copy=False)
+        overlap = sparse_times_sparse([self.matrix[users]], self.pool_columns)[0]
         similarity = overlap / (np.outer(self.norms[users], self.norms[self.pool]) + self.shrink)
         # A user is not their own neighbour.
         position = np.minimum(np.searchsorted(self.pool, users), len(self.pool) - 1)
@@ -232,7 +237,7 @@ class UserKnnScorer:
         similarity[np.flatnonzero(in_pool), position[in_pool]] = 0.0
         keep_nearest(similarity, self.neighbours, axis=1)
         # Sparse times sparse: the neighbours' rows only, never a dense users × items copy of the matrix.
-        return (sp.csr_matrix(similarity) @ self.pool_rows).toarray().astype(np.float32, copy=False)
+        return sparse_times_sparse([sp.csr_matrix(similarity)], self.pool_rows)[0]
 
 
 @dataclass

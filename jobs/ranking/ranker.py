@@ -43,12 +43,16 @@ from jobs.ranking.baselines import (
     user_profiles,
 )
 from jobs.ranking.data import Interactions, per_user_holdout
+from jobs.ranking.kernels import sparse_times_sparse
 
 log = logging.getLogger("modalrank.ranker")
 
 DAY = 86_400.0
 # Below this many allowed items, scoring ranks all of them instead of generating candidates.
 SCORE_EVERY_ALLOWED_BELOW = 2_000
+# Items that are not a user's candidates score this plus log(1 + interactions): after every candidate,
+# in popularity order.
+NON_CANDIDATE_OFFSET = -1e6
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,16 @@ def feature_names(modalities: list[str]) -> list[str]:
 
 
 @dataclass
+class TopK:
+    """A block's lists: entry i puts `items[i]` at 1-based `ranks[i]` of row `rows[i]`'s list."""
+
+    rows: np.ndarray  # position of the user in the block
+    ranks: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray  # float32
+
+
+@dataclass
 class Candidates:
     """(user, item) pairs of one block of users, with their feature rows."""
 
@@ -249,44 +263,69 @@ def candidates_and_features(
     (used when the allowed set is small, e.g. the cold items of the cold-start protocol).
     """
     n_items = base.train.n_items
-    ease = base.ease.score(users)
+    seen_rows, recent_rows = base.seen[users], base.recent[users]
+    ease, ease_recent = base.ease.score_vectors(seen_rows, recent_rows)
     knn = base.knn.score(users)
     user_knn = base.user_knn.score(users)
-    ease_recent = base.ease.score_vectors(base.recent[users])
-    seq = np.asarray((base.seen[users] @ base.neighbours).todense(), dtype=np.float32)
-    seq_recent = np.asarray((base.recent[users] @ base.neighbours).todense(), dtype=np.float32)
+    seq, seq_recent = sparse_times_sparse([seen_rows, recent_rows], base.neighbours)
     sims = {m: base.profiles[m][users] @ items.blocks[m].T for m in modalities}
-    content = sum(sims.values()) if sims else np.zeros_like(ease)
+    content = sum(sims.values()) if sims else np.zeros_like(ease)  # a new array either way: masked below
     genre = base.genre_profiles[users] @ genre_rows.T
     cold_item = base.item_counts == 0
+    cold = np.flatnonzero(cold_item)
+    # The "relative" features divide by the row's best score over every item, the user's own included:
+    # taken before the candidate search below overwrites the ineligible entries.
+    row_best = {
+        name: np.maximum(matrix.max(axis=1), 1e-6)
+        for name, matrix in (("ease", ease), ("knn", knn), ("ease_recent", ease_recent), ("seq", seq),
+                             ("user_knn", user_knn), ("seq_recent", seq_recent))
+    }  # fmt: skip
 
-    eligible = np.broadcast_to(allowed, ease.shape).copy()
-    eligible[base.seen[users].nonzero()] = False
     if all_allowed:
-        chosen = eligible
+        eligible = np.broadcast_to(allowed, ease.shape).copy()
+        eligible[seen_rows.nonzero()] = False
+        row, item = np.nonzero(eligible)
     else:
-        chosen = np.zeros_like(eligible)
-        rows = np.arange(len(users))[:, None]
-        pop = np.broadcast_to(base.item_counts.astype(np.float32), ease.shape)
-        warm_content = np.where(cold_item[None, :], -np.inf, content)
-        cold_content = np.where(cold_item[None, :], content + 0.1 * genre, -np.inf)
-        for source, n in ((ease, settings.candidates_per_source), (knn, settings.candidates_per_source),
-                          (ease_recent, settings.candidates_per_source), (seq, settings.candidates_per_source),
-                          (warm_content, settings.candidates_per_source), (pop, settings.candidates_per_source),
-                          (cold_content, settings.cold_candidates)):  # fmt: skip
-            masked = np.where(eligible, source, -np.inf).astype(np.float32, copy=False)
-            n = min(n, n_items)
+        # Each source's top items among the eligible ones (allowed, not the user's own). The sources are
+        # overwritten with -inf where ineligible, in place: a full masked copy per source cost more than
+        # the top-k itself, and the features below read only eligible entries.
+        seen_at = seen_rows.nonzero()
+        disallowed = np.flatnonzero(~allowed)
+
+        def ineligible_to_minus_inf(matrix: np.ndarray) -> np.ndarray:
+            matrix[seen_at] = -np.inf
+            matrix[:, disallowed] = -np.inf
+            return matrix
+
+        cold_content = content[:, cold] + 0.1 * genre[:, cold]  # nobody has seen a cold item
+        cold_content[:, ~allowed[cold]] = -np.inf
+        content_of_cold = content[:, cold]
+        content[:, cold] = -np.inf  # the warm-content source: cold items come from their own source
+        pop = np.broadcast_to(base.item_counts.astype(np.float32), ease.shape).copy()
+        sources = [(ease, settings.candidates_per_source), (knn, settings.candidates_per_source),
+                   (ease_recent, settings.candidates_per_source), (seq, settings.candidates_per_source),
+                   (content, settings.candidates_per_source), (pop, settings.candidates_per_source)]  # fmt: skip
+        picked_rows, picked_items = [], []
+        for source, n, columns in [(ineligible_to_minus_inf(source), n, None) for source, n in sources] + [
+            (cold_content, settings.cold_candidates, cold)
+        ]:
+            n = min(n, source.shape[1])
+            if n == 0:
+                continue
             # torch's top-k is ~6× faster than np.argpartition on 256 × 62k rows; which of several
             # items tied at the cut it keeps is as arbitrary as argpartition's.
-            top = torch.topk(torch.from_numpy(masked), n, dim=1, sorted=False).indices.numpy()
-            picked = np.isfinite(masked[rows, top])
-            chosen[np.broadcast_to(rows, top.shape)[picked], top[picked]] = True
-        chosen &= eligible
-    row, item = np.nonzero(chosen)
+            top = torch.topk(torch.from_numpy(source), n, dim=1, sorted=False).indices.numpy()
+            rows = np.broadcast_to(np.arange(len(users))[:, None], top.shape)
+            finite = np.isfinite(source[rows, top])  # fewer than n eligible: the rest are -inf
+            picked_rows.append(rows[finite])
+            picked_items.append(top[finite] if columns is None else columns[top[finite]])
+        content[:, cold] = content_of_cold
+        # Each (row, item) once, in row-major order.
+        pairs = np.unique(np.concatenate(picked_rows).astype(np.int64) * n_items + np.concatenate(picked_items))
+        row, item = pairs // n_items, pairs % n_items
 
-    def relative(matrix: np.ndarray) -> np.ndarray:
-        top = np.maximum(matrix.max(axis=1), 1e-6)
-        return matrix[row, item] / top[row]  # the candidates only, not the whole block
+    def relative(name: str, matrix: np.ndarray) -> np.ndarray:
+        return matrix[row, item] / row_best[name][row]  # the candidates only, not the whole block
 
     user = users[row]
     t_user = base.user_last_time[user]
@@ -295,9 +334,10 @@ def candidates_and_features(
     hi = np.searchsorted(base.time_index, _time_key(item, t_user + window), side="right")
     age_days = (t_user - base.item_first_time[item]) / DAY
     columns = [
-        ease[row, item], relative(ease), knn[row, item], relative(knn),
-        ease_recent[row, item], relative(ease_recent), seq[row, item], relative(seq),
-        user_knn[row, item], relative(user_knn), seq_recent[row, item], relative(seq_recent),
+        ease[row, item], relative("ease", ease), knn[row, item], relative("knn", knn),
+        ease_recent[row, item], relative("ease_recent", ease_recent), seq[row, item], relative("seq", seq),
+        user_knn[row, item], relative("user_knn", user_knn),
+        seq_recent[row, item], relative("seq_recent", seq_recent),
         np.log1p(base.item_counts[item]), np.log1p(hi - lo),
         np.where(cold_item[item], 0.0, np.sign(age_days) * np.log1p(np.abs(age_days))),
         np.log1p(base.user_counts[user]), genre[row, item], content[row, item], cold_item[item].astype(np.float32),
@@ -583,15 +623,10 @@ class HybridRanker:
 
     # -- scoring -------------------------------------------------------------------------------------
 
-    def score(self, users: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Scores for every item; items outside the candidate set rank after every candidate.
-
-        `allowed` marks the items a list may hold (default: all). When it is small (e.g. the held-out
-        cold items of the cold-start protocol) every allowed item is a candidate.
-        """
+    def _candidate_scores(self, users: np.ndarray, allowed: np.ndarray | None) -> tuple[Candidates, np.ndarray]:
+        """The block's candidates and the network's score for each."""
         base, items = self.base, self.items
-        n_items = base.train.n_items
-        allowed = np.ones(n_items, dtype=bool) if allowed is None else allowed
+        allowed = np.ones(base.train.n_items, dtype=bool) if allowed is None else allowed
         genre_rows = normalised_rows(items.genres.toarray().astype(np.float32))
         found = candidates_and_features(
             base, items, genre_rows, items.modalities, self.settings, users, allowed,
@@ -600,14 +635,76 @@ class HybridRanker:
         features = found.features[:, self.columns]
         with torch.no_grad():
             pair_scores = self.net(torch.from_numpy((features - self.mean) / self.std)).numpy()
-        # Non-candidates: after every candidate, in popularity order.
-        scores = (
-            np.broadcast_to(-1e6 + np.log1p(base.item_counts), (len(users), n_items)).astype(np.float32).copy()
-        )
+        if not np.isfinite(pair_scores).all() or (
+            len(pair_scores) and pair_scores.min() <= self.non_candidate_scores().max()
+        ):
+            raise ValueError("the network scored a candidate non-finite, or as low as the non-candidates")
+        return found, pair_scores
+
+    def non_candidate_scores(self) -> np.ndarray:
+        """Every item's score when it is not a candidate: below every candidate, in popularity order."""
+        return (NON_CANDIDATE_OFFSET + np.log1p(self.base.item_counts)).astype(np.float32)
+
+    def score(self, users: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Scores for every item; items outside the candidate set rank after every candidate.
+
+        `allowed` marks the items a list may hold (default: all). When it is small (e.g. the held-out
+        cold items of the cold-start protocol) every allowed item is a candidate.
+        """
+        found, pair_scores = self._candidate_scores(users, allowed)
+        scores = np.broadcast_to(self.non_candidate_scores(), (len(users), self.base.train.n_items)).copy()
         position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
         position[users] = np.arange(len(users))
         scores[position[found.users], found.items] = pair_scores
         return scores
+
+    def top_k(self, users: np.ndarray, allowed: np.ndarray, k: int) -> TopK:
+        """Each user's k best allowed items they have not interacted with: what `score` followed by
+        `metrics.top_k_from_scores_padded` gives (ties: the lower item index first; a user with fewer
+        than k such items gets them all), without the users × items score matrix.
+
+        Candidates outscore every other item, so a user's list is their best candidates; only a user
+        with fewer than k candidates continues into the other items, in popularity order. Sorting the
+        block's few hundred candidates per user instead of ranking all 62k items is what makes
+        publishing at ml-25m's size cheap.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        found, pair_scores = self._candidate_scores(users, allowed)
+        position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
+        position[users] = np.arange(len(users))
+        row = position[found.users]
+        order = np.lexsort((found.items, -pair_scores, row))
+        row, item, score = row[order], found.items[order], pair_scores[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, row)
+        keep = rank < k
+        row, item, score, rank = row[keep], item[keep], score[keep], rank[keep]
+        counts = np.bincount(row, minlength=len(users))
+        short = np.flatnonzero(counts < k)
+        if len(short):
+            fill = self._fill_short_rows(users, short, counts, row, item, allowed, k)
+            row, item, score, rank = (
+                np.concatenate([a, b]) for a, b in zip((row, item, score, rank), fill, strict=True)
+            )
+            order = np.lexsort((rank, row))
+            row, item, score, rank = row[order], item[order], score[order], rank[order]
+        return TopK(row, (rank + 1).astype(np.int32), item, score)
+
+    def _fill_short_rows(self, users, short, counts, row, item, allowed, k):
+        """For the users with fewer than k candidates: their best non-candidate eligible items."""
+        fallback = self.non_candidate_scores()
+        by_fallback = np.lexsort((np.arange(len(fallback)), -fallback))  # best first, ties: lower index
+        by_fallback = by_fallback[allowed[by_fallback]]
+        rows, items, scores, ranks = [], [], [], []
+        for r in short:
+            taken = np.zeros(len(fallback), dtype=bool)
+            taken[self.base.seen[users[r]].indices] = True
+            taken[item[row == r]] = True
+            extra = by_fallback[~taken[by_fallback]][: k - counts[r]]
+            rows.append(np.full(len(extra), r, dtype=np.int64))
+            items.append(extra)
+            scores.append(fallback[extra])
+            ranks.append(counts[r] + np.arange(len(extra)))
+        return [np.concatenate(part) for part in (rows, items, scores, ranks)]
 
 
 def fit_variants(
