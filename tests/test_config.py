@@ -1,5 +1,5 @@
 """The lake and the artifacts folder: where tables live (a local folder or any URI Spark writes) and where
-models and reports live (always a local or mounted folder)."""
+models and reports live (always a local or mounted folder), and how each delta-rs reader names a table."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.config import PipelineConfig, add_run_arguments, load_config, load_run_config, local_path
+from jobs.consume import delta_rs_uri
 from jobs.train import models_dir
 
 
@@ -76,6 +77,13 @@ def test_jobs_take_artifacts_from_the_command_line_and_airflow_empty_means_defau
     assert load_run_config(args).models_dir == Path("/mnt/m/_models")
     empty = parser.parse_args(["--ds", "2026-11-25", "--lake", "/data/lake", "--artifacts", ""])
     assert load_run_config(empty).artifacts_dir == Path("/data/lake")
+
+
+def test_delta_rs_reads_spark_s3a_paths_as_s3_and_everything_else_as_given():
+    assert delta_rs_uri("s3a://bucket/lake/recommendations") == "s3://bucket/lake/recommendations"
+    for path in ("/data/lake/catalog", "file:///data/lake/catalog", "hdfs://nn:8020/lake/catalog", "s3://b/t"):
+        assert delta_rs_uri(path) == path
+    assert delta_rs_uri(Path("/data/lake/catalog")) == "/data/lake/catalog"
 
 
 def test_a_job_on_a_uri_lake_without_artifacts_stops_before_spark_in_one_line(capsys):
