@@ -2,11 +2,11 @@
 
 Scheduled on the `modalrank_recommendations` Asset, which the nightly DAG's `announce_publish` task
 updates only after the quality gate passed and the date's partition was committed, so this DAG never
-sees a half-written or unchecked date. Each event's extra names the date and the lake; the one task
-reads exactly that date with delta-rs (no Spark: what a service or an analyst's notebook would do)
-and writes a per-date digest an analyst can open:
-`<lake>/_exports/<ds>/recommendations_digest.csv` — how many users each item is recommended to and at
-what median rank — plus a sample of lists in the task log. Copy it as the start of a real consumer.
+sees a half-written or unchecked date. Each event's extra names the date, the lake and its artifacts
+folder; the one task reads exactly that date with delta-rs (no Spark: what a service or an analyst's
+notebook would do) and writes a per-date digest an analyst can open:
+`<artifacts>/_exports/<ds>/recommendations_digest.csv` (the lake's own folder for a local lake) — how
+many users each item is recommended to and at what median rank — plus a sample of lists in the task log. Copy it as the start of a real consumer.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ RECOMMENDATIONS_ASSET = Asset(
 )
 
 
-def write_digest(lake: str, ds: str | None) -> str:
+def write_digest(lake: str | None, artifacts: str | None, ds: str | None) -> str:
     """Per item of the date's lists: how many users get it, at what median and best rank; as CSV."""
     import datetime
-    from pathlib import Path
 
     from jobs.consume import format_sample, read_date, read_latest
 
-    table = load_config(lake=lake).table_path("recommendations")
+    lake_config = load_config(lake=lake or None, artifacts=artifacts or None)
+    table = lake_config.table_path("recommendations")
     lists = read_latest(table) if ds is None else read_date(table, datetime.date.fromisoformat(ds))
     ds = str(lists["ds"].iloc[0])
     print(format_sample(lists, users=3, per_user=5))
@@ -41,7 +41,8 @@ def write_digest(lake: str, ds: str | None) -> str:
         .sort_values(["users", "median_rank", "item_id"], ascending=[False, True, True])
         .reset_index()
     )
-    folder = Path(lake) / "_exports" / ds
+    # Beside the reports, not in the lake: the lake may be an object store, the digest is a plain file.
+    folder = lake_config.artifacts_dir / "_exports" / ds
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recommendations_digest.csv"
     digest.to_csv(path.with_suffix(".tmp"), index=False)
@@ -55,8 +56,9 @@ def export_digest(triggering_asset_events=None, params: dict | None = None) -> l
     the consumer runs); a manual run digests the newest date of the `lake` param."""
     events = list(triggering_asset_events[RECOMMENDATIONS_ASSET]) if triggering_asset_events else []
     if not events:
-        return [write_digest(load_config(lake=params["lake"] or None).lake, None)]
-    return [write_digest(event.extra["lake"], event.extra["ds"]) for event in events]
+        return [write_digest(params["lake"] or None, params["artifacts"] or None, None)]
+    # Events from before the artifacts folder existed name only the lake: a local one, holding its own.
+    return [write_digest(event.extra["lake"], event.extra.get("artifacts"), event.extra["ds"]) for event in events]
 
 
 with DAG(
@@ -75,6 +77,11 @@ with DAG(
         "retry_exponential_backoff": True,
         "execution_timeout": dt.timedelta(minutes=20),
     },
-    params={"lake": Param(config.lake, type="string", description="lake base path")},
+    params={
+        "lake": Param(config.lake, type="string", description="lake base path or URI"),
+        "artifacts": Param(
+            config.artifacts, type="string", description="folder for _exports/ (empty: the lake's own)"
+        ),
+    },
 ) as dag:
     export_digest()

@@ -17,7 +17,7 @@ date, chosen by the date alone, so backfills are deterministic and never see the
 `eval_lists`, and an HTML report under `_reports/<ds>/`). `publish` writes every user's top-K list
 for the date to `recommendations` behind a quality gate, in one Delta commit; `announce_publish`
 then updates the `modalrank_recommendations` Asset that consumer DAGs schedule on, with the date,
-lake, table version and model in the event's extra. `run_report` (a teardown: it runs
+lake, artifacts folder, table version and model in the event's extra. `run_report` (a teardown: it runs
 even when a stage failed, and does not change the run's outcome) writes `_reports/<ds>/run.html`.
 
 Every Spark task takes a slot of the `modalrank_spark` pool (created by infra/setup.sh), which caps
@@ -69,14 +69,15 @@ def spark_job(task_id: str, module: str, arguments: list[str], **operator_args) 
 def announce_publish(*, outlet_events, ds: str, params: dict) -> dict:
     """The Asset event for the date `publish` just committed, carrying what a consumer needs to read
     exactly that date: its run date, the lake (a run may point at another lake than the configured
-    one), the table version and the model."""
+    one) and its artifacts folder, the table version and the model."""
     import json
 
-    lake_config = load_config(lake=params["lake"] or None)
+    lake_config = load_config(lake=params["lake"] or None, artifacts=params["artifacts"] or None)
     card = json.loads((lake_config.reports_dir / ds / "publish.json").read_text())
     extra = {
         "ds": ds,
         "lake": lake_config.lake,
+        "artifacts": str(lake_config.artifacts_dir),
         "table": lake_config.table_path("recommendations"),
         "table_version": card["table_version"],
         "rows": card["rows"],
@@ -94,7 +95,7 @@ def run_report(ds: str | None = None, params: dict | None = None) -> str:
 
     from jobs.run_report import write_run_report
 
-    report_config = load_config(lake=params["lake"] or None)
+    report_config = load_config(lake=params["lake"] or None, artifacts=params["artifacts"] or None)
     run = write_run_report(report_config, datetime.date.fromisoformat(ds))
     return str(report_config.reports_dir / run.ds / "run.html")
 
@@ -116,7 +117,13 @@ with DAG(
         "execution_timeout": dt.timedelta(hours=2),
     },
     params={
-        "lake": Param(config.lake, type="string", description="lake base path"),
+        "lake": Param(config.lake, type="string", description="lake base path or URI (s3a://, hdfs://)"),
+        "artifacts": Param(
+            config.artifacts,
+            type="string",
+            description="local or mounted folder for _models/ and _reports/ (empty: the lake's own; "
+            "required for an s3a:// or hdfs:// lake)",
+        ),
         "catalog": Param(str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file"),
         "interactions": Param(
             str(DEMO_DATA / "interactions.csv"), type="string", description="generic interactions file"
@@ -148,6 +155,8 @@ with DAG(
             "{{ ds }}",
             "--lake",
             "{{ params.lake }}",
+            "--artifacts",
+            "{{ params.artifacts }}",
             # A MovieLens folder replaces the generic pair; the job rejects a request with both.
             "--catalog",
             "{{ '' if params.movielens else params.catalog }}",
@@ -166,7 +175,7 @@ with DAG(
         ],  # fmt: skip
     )
 
-    run_date = ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}"]
+    run_date = ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--artifacts", "{{ params.artifacts }}"]
     extractors = [
         spark_job(
             f"extract_{modality}",

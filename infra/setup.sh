@@ -40,6 +40,23 @@ else
   echo "setup: Delta Lake jars up to date"
 fi
 
+# Opt-in (MODALRANK_S3_JARS=1): Hadoop's S3 connector for an s3a:// lake, at the Hadoop version of the
+# pyspark wheel (a different one fails at run time), and the AWS SDK bundle it needs (~650 MB).
+if [ "${MODALRANK_S3_JARS:-0}" = 1 ]; then
+  hadoop_version=$(.venv/bin/python -c 'import glob, os, pyspark
+print(glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))[0][:-4].rsplit("-", 1)[1])')
+  s3_stamp="$MODALRANK_JARS_DIR/.s3-stamp.$hadoop_version.$(sha256sum infra/jars/s3/pom.xml | cut -c1-16)"
+  if [ ! -f "$s3_stamp" ]; then
+    echo "setup: fetching hadoop-aws $hadoop_version and the AWS SDK bundle into $MODALRANK_JARS_DIR"
+    mvn --quiet --batch-mode -f infra/jars/s3/pom.xml dependency:copy-dependencies \
+      -Dhadoop.version="$hadoop_version" -DoutputDirectory="$MODALRANK_JARS_DIR" -DincludeScope=runtime \
+      -DincludeGroupIds=org.apache.hadoop,software.amazon.awssdk,software.amazon.s3.analyticsaccelerator,org.wildfly.openssl
+    touch "$s3_stamp"
+  else
+    echo "setup: S3 jars up to date"
+  fi
+fi
+
 airflow_stamp="$AIRFLOW_HOME/.migrated.$(.venv/bin/python -c 'import airflow; print(airflow.__version__)').pool$MODALRANK_SPARK_POOL_SLOTS"
 if [ ! -f "$airflow_stamp" ]; then
   echo "setup: creating the Airflow metadata database in $AIRFLOW_HOME"

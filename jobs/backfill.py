@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from jobs.config import PipelineConfig, load_config
+from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
 from jobs.ingest import IngestRequest
 
 log = logging.getLogger("modalrank.backfill")
@@ -146,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs.ingest import add_source_arguments
     from jobs.publish import DEFAULT_K
 
-    parser.add_argument("--lake", type=lambda text: text or None, help="lake base path")
+    add_lake_arguments(parser)
     parser.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first run date, YYYY-MM-DD")
     parser.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last run date (inclusive)")
     add_source_arguments(parser)
@@ -187,7 +187,7 @@ def plan_from_args(args: argparse.Namespace) -> BackfillPlan:
 def run_from_args(args: argparse.Namespace) -> list[DateResult]:
     from jobs.spark import spark_session
 
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     plan = plan_from_args(args)
     if plan.sources is None:
         log.info("backfill: no sources given, so no ingest: the lake's tables are used as they are")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from jobs.config import REPO_ROOT, load_config
+from jobs.config import REPO_ROOT, PipelineConfig, load_config
 
 log = logging.getLogger("modalrank.bench")
 
@@ -80,14 +80,15 @@ class ExtractBenchRow:
         return self.spark_job_items_per_s / self.bare_items_per_s if self.bare_items_per_s else 0.0
 
 
-def _bare_inputs(lake: str, modality: str) -> list[bytes | str]:
+def _bare_inputs(config: PipelineConfig, modality: str) -> list[bytes | str]:
     """The same inputs the Spark job would extract, read without Spark (delta-rs)."""
     from deltalake import DeltaTable
 
+    from jobs.consume import delta_rs_uri
     from jobs.extract import MODALITY_INPUTS, extractor_inputs
 
     path_column = MODALITY_INPUTS[modality].path_column
-    catalog = DeltaTable(f"{lake}/catalog").to_pandas().sort_values("item_id")
+    catalog = DeltaTable(delta_rs_uri(config.table_path("catalog"))).to_pandas().sort_values("item_id")
     if path_column is not None:
         catalog = catalog[catalog[path_column].notna()].rename(columns={path_column: "path"})
     inputs = extractor_inputs(modality, catalog)
@@ -149,7 +150,7 @@ def bench_extract(datasets: list[str], modalities: list[str]) -> list[ExtractBen
             config, spark = _prepare_lake(dataset, Path(tmp))
             try:
                 for modality in wanted:
-                    inputs = _bare_inputs(config.lake, modality)
+                    inputs = _bare_inputs(config, modality)
                     log.info("bench %s %s: bare loop over %d items", dataset, modality, len(inputs))
                     # This process alone: the Spark JVM beside it is idle and not part of the loop.
                     with PeakMemory(children=False) as bare_memory:

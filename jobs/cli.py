@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jobs import extract, ingest
 from jobs.backfill import BackfillError
-from jobs.config import add_run_arguments, configure_logging, load_config
+from jobs.config import add_lake_arguments, add_run_arguments, configure_logging, load_run_config
 from jobs.sources import SourceError
 from jobs.spark import MissingJarsError
 
@@ -38,7 +38,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     report = ingest.run_from_args(args)
-    print(f"ingested ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds / 'ingest.md'}")
+    print(f"ingested ds={report.ds}: report {load_run_config(args).reports_dir / report.ds / 'ingest.md'}")
     return 0
 
 
@@ -56,9 +56,7 @@ def _extract(args: argparse.Namespace) -> int:
         report = extract.run_from_args(args)
     else:
         report = import_vectors.run_from_args(argparse.Namespace(**vars(args), name=args.modality))
-    print(
-        f"extracted {args.modality} ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds}"
-    )
+    print(f"extracted {args.modality} ds={report.ds}: report {load_run_config(args).reports_dir / report.ds}")
     return 0
 
 
@@ -66,7 +64,7 @@ def _fuse(args: argparse.Namespace) -> int:
     from jobs import fuse
 
     report = fuse.run_from_args(args)
-    print(f"fused ds={report.ds}: report {load_config(lake=args.lake).reports_dir / report.ds / 'fuse.md'}")
+    print(f"fused ds={report.ds}: report {load_run_config(args).reports_dir / report.ds / 'fuse.md'}")
     return 0
 
 
@@ -91,7 +89,7 @@ def _publish(args: argparse.Namespace) -> int:
     report = publish.run_from_args(args)
     print(
         f"published ds={report.ds}: {report.rows} rows for {report.users} users (K={report.k}, {report.model_version}); "
-        f"report {load_config(lake=args.lake).reports_dir / report.ds / 'publish.md'}"
+        f"report {load_run_config(args).reports_dir / report.ds / 'publish.md'}"
     )
     return 0
 
@@ -110,15 +108,15 @@ def _latest(args: argparse.Namespace) -> int:
     """A sample of the newest published lists, read with delta-rs as a downstream consumer would."""
     from deltalake import DeltaTable
 
-    from jobs.consume import format_sample, read_latest
+    from jobs.consume import delta_rs_uri, format_sample, read_latest
 
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     frame = read_latest(config.table_path("recommendations"))
     if args.user is not None:
         frame = frame[frame.user_id == args.user]
         if frame.empty:
             raise ValueError(f"user {args.user} has no list on the newest published date")
-    catalog = DeltaTable(config.table_path("catalog")).to_pandas(columns=["item_id", "title"])
+    catalog = DeltaTable(delta_rs_uri(config.table_path("catalog"))).to_pandas(columns=["item_id", "title"])
     titles = dict(zip(catalog.item_id, catalog.title, strict=True))
     print(format_sample(frame, users=args.users, per_user=args.limit, titles=titles))
     return 0
@@ -129,6 +127,7 @@ def _report(args: argparse.Namespace) -> int:
 
     return run_report.main(
         ["--ds", args.ds.isoformat(), *(["--lake", args.lake] if args.lake else []),
+         *(["--artifacts", args.artifacts] if args.artifacts else []),
          *(["--fail-if-incomplete"] if args.fail_if_incomplete else [])]
     )  # fmt: skip
 
@@ -184,18 +183,14 @@ def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
+    from jobs.consume import delta_rs_uri
     from jobs.schemas import ALL_TABLES, features_table
 
-    config = load_config(lake=args.lake)
-    # Feature tables exist per modality, imported ones under names chosen at import time.
-    feature_specs = [
-        features_table(path.name.removeprefix("features_"))
-        for path in sorted(Path(config.lake).glob("features_*"))
-        if path.is_dir()
-    ]
+    config = load_run_config(args)
     print(f"lake {config.lake}")
+    feature_specs = [features_table(modality) for modality in _feature_modalities(config)]
     for spec in (*ALL_TABLES, *feature_specs):
-        path = config.table_path(spec.name)
+        path = delta_rs_uri(config.table_path(spec.name))
         if not DeltaTable.is_deltatable(path):
             print(f"  {spec.name:<16} (not created yet)")
             continue
@@ -203,6 +198,30 @@ def _tables(args: argparse.Namespace) -> int:
         rows = table.to_pyarrow_dataset().count_rows()
         print(f"  {spec.name:<16} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
     return 0
+
+
+def _feature_modalities(config) -> list[str]:
+    """The modalities with a `features_<name>` folder in the lake, sorted.
+
+    Feature tables exist per modality, imported ones under names chosen at import time, so the lake is
+    listed: with pyarrow's filesystems (no JVM here), which take a local path, file:// and s3:// alike.
+    Where pyarrow cannot list (hdfs:// without libhdfs), the built-in and configured modalities stand in.
+    """
+    from pyarrow import fs
+
+    from jobs.consume import delta_rs_uri
+
+    try:
+        lake_fs, root = fs.FileSystem.from_uri(delta_rs_uri(config.lake))
+        found = lake_fs.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError) as error:
+        print(f"  (cannot list {config.lake}: {error}; showing the built-in and configured modalities)")
+        return sorted({*extract.MODALITY_INPUTS, *config.imported_vectors})
+    return sorted(
+        info.base_name.removeprefix("features_")
+        for info in found
+        if info.type == fs.FileType.Directory and info.base_name.startswith("features_")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill_parser.set_defaults(handler=_backfill)
 
     latest = commands.add_parser("latest", help="print a sample of the newest published recommendation lists")
-    latest.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")
+    add_lake_arguments(latest)
     latest.add_argument("--user", type=int, help="only this user's list")
     latest.add_argument("--users", type=int, default=5, help="how many users to show (default: %(default)s)")
     latest.add_argument("--limit", type=int, default=10, help="items per user (default: %(default)s)")
@@ -316,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     als_parser.set_defaults(handler=_bench_als_peer)
 
     tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
-    tables.add_argument("--lake", help="lake base path (default: ./lake or $MODALRANK_LAKE)")
+    add_lake_arguments(tables)
     tables.set_defaults(handler=_tables)
     return parser
 

@@ -13,6 +13,8 @@ import datetime
 import json
 import logging
 import os
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    # Where the Delta tables live. A local folder by default; any URI Spark can write (s3a://, hdfs://)
-    # works for the tables themselves.
+    # Where the Delta tables live. A local folder by default, or any URI Spark can write (s3a://, hdfs://,
+    # file://); a URI lake needs `artifacts` too.
     lake: str = str(REPO_ROOT / "lake")
+    # Where the file artifacts live: `_models/` (fusion projections, rankers, the serving artifact that
+    # publish's executors load) and `_reports/`. They are written with plain file operations (an atomic
+    # rename makes a pointer or a model visible at once, which an object store does not offer) and read by
+    # the driver and every executor, so this is a local or shared POSIX folder: the lake itself for a
+    # local lake (empty: derived from the lake), a mount such as /mnt/shared/modalrank for an s3a:// or
+    # hdfs:// lake. A file:// lake is a local folder too and keeps its artifacts inside by default.
+    artifacts: str = ""
     # Spark. `spark_master` is used only when a job starts its own session (CLI, tests); under
     # spark-submit the master comes from spark-submit, so a cluster is a connection change, not a code one.
     spark_master: str = "local[2]"
@@ -42,6 +51,20 @@ class PipelineConfig:
         # a relative path as a table name.
         if "://" not in self.lake:
             object.__setattr__(self, "lake", os.path.abspath(self.lake))
+        if self.artifacts:
+            if "://" in self.artifacts:
+                raise ValueError(
+                    f"artifacts must be a local or mounted folder, not a URI ({self.artifacts}): "
+                    "models and reports are written with plain file operations"
+                )
+            object.__setattr__(self, "artifacts", os.path.abspath(self.artifacts))
+        elif local_path(self.lake) is None:
+            # Fail before any work: every stage writes its report, and most a model, under the artifacts.
+            raise ValueError(
+                f"the lake {self.lake} is not a local folder, so models and reports need one of their own: "
+                "set MODALRANK_ARTIFACTS (or --artifacts, or the DAG param `artifacts`) to a local or "
+                "mounted folder that the driver and every executor see, e.g. /mnt/shared/modalrank"
+            )
 
     def with_overrides(self, **overrides: object) -> PipelineConfig:
         """A copy with the given fields replaced; `None` values mean "not given" and are ignored."""
@@ -49,9 +72,19 @@ class PipelineConfig:
         return dataclasses.replace(self, **given)
 
     @property
+    def artifacts_dir(self) -> Path:
+        """The folder that holds `_models/` and `_reports/`: `artifacts`, or else the local lake's own."""
+        return Path(self.artifacts or local_path(self.lake))
+
+    @property
+    def models_dir(self) -> Path:
+        """Model artifacts: fusion projections, rankers and publish's serving artifact."""
+        return self.artifacts_dir / "_models"
+
+    @property
     def reports_dir(self) -> Path:
-        """Human-readable run reports, one folder per run date, beside the tables."""
-        return Path(self.lake) / "_reports"
+        """Human-readable run reports, one folder per run date."""
+        return self.artifacts_dir / "_reports"
 
     def table_path(self, table: str) -> str:
         return f"{self.lake.rstrip('/')}/{table}"
@@ -62,13 +95,40 @@ class PipelineConfig:
         return path if "://" in path else f"file://{path}"
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--lake` and `--ds`, which every job takes. An empty `--lake` (Airflow passes every flag) means
-    the configured default."""
+def local_path(lake: str) -> str | None:
+    """The local folder a lake is, or None when it is elsewhere (s3a://, hdfs://, a file:// on another host)."""
+    if "://" not in lake:
+        return lake
+    parts = urllib.parse.urlsplit(lake)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return urllib.request.url2pathname(parts.path)
+    return None
+
+
+def add_lake_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--lake` and `--artifacts`. Empty values (Airflow passes every flag) mean the configured default."""
     parser.add_argument(
-        "--lake", type=lambda text: text or None, help="lake base path (default: ./lake or $MODALRANK_LAKE)"
+        "--lake",
+        type=lambda text: text or None,
+        help="lake base path or URI (default: ./lake or $MODALRANK_LAKE)",
     )
+    parser.add_argument(
+        "--artifacts",
+        type=lambda text: text or None,
+        help="local or mounted folder for _models/ and _reports/ (default: $MODALRANK_ARTIFACTS, else the "
+        "lake's own folder; required for an s3a:// or hdfs:// lake)",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--lake`, `--artifacts` and `--ds`, which every job takes."""
+    add_lake_arguments(parser)
     parser.add_argument("--ds", required=True, type=datetime.date.fromisoformat, help="run date, YYYY-MM-DD")
+
+
+def load_run_config(args: argparse.Namespace, **overrides: object) -> PipelineConfig:
+    """The config for a command line that took `add_lake_arguments`."""
+    return load_config(lake=args.lake, artifacts=args.artifacts, **overrides)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -81,6 +141,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 _ENV_FIELDS = {
     "MODALRANK_LAKE": "lake",
+    "MODALRANK_ARTIFACTS": "artifacts",
     "MODALRANK_SPARK_MASTER": "spark_master",
     "MODALRANK_DRIVER_MEMORY": "driver_memory",
     "MODALRANK_SHUFFLE_PARTITIONS": "shuffle_partitions",
@@ -96,7 +157,10 @@ def load_config(**overrides: object) -> PipelineConfig:
     for variable, name in _ENV_FIELDS.items():
         if variable in os.environ:
             from_env[name] = _parse(name, os.environ[variable])
-    return PipelineConfig().with_overrides(**from_env).with_overrides(**overrides)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    # One replace, not two: a URI lake from the environment with `--artifacts` from the command line is
+    # a valid config, but the environment's half alone is not.
+    return PipelineConfig().with_overrides(**{**from_env, **given})
 
 
 def _parse(name: str, raw: str) -> object:

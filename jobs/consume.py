@@ -7,7 +7,8 @@ is partitioned by `ds`), without opening a data file.
 
 Everything here reads with delta-rs (`deltalake`) and pyarrow: no JVM, so a service, a notebook or an
 Airflow task can read the lists without Spark. Only `latest_view` uses Spark, for SQL users. This
-module never writes to the lake.
+module never writes to the lake. `delta_rs_uri` is how every delta-rs reader in modalrank names a
+table, so a lake that Spark writes as s3a:// is read from the same place.
 """
 
 from __future__ import annotations
@@ -26,13 +27,26 @@ if TYPE_CHECKING:
 LATEST_VIEW = "recommendations_latest"
 
 
+def delta_rs_uri(path: str | Path) -> str:
+    """A table path as Spark names it (`PipelineConfig.table_path`), as delta-rs names it.
+
+    Local paths, file:// and hdfs:// are the same for both. Hadoop's S3 connector is s3a://, which
+    delta-rs and pyarrow's filesystems call s3:// (delta-rs 1.6 takes s3a:// too, pyarrow does not).
+    delta-rs takes S3 credentials and region from the standard environment variables
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, or
+    AWS_PROFILE), so no storage options are passed here.
+    """
+    text = str(path)
+    return "s3://" + text.removeprefix("s3a://") if text.startswith("s3a://") else text
+
+
 def open_table(path: str | Path, version: int | None = None) -> DeltaTable:
     """The Delta table at `path` (as of `version`, or the newest), or a FileNotFoundError that says why."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(str(path), version=version)
+        return DeltaTable(delta_rs_uri(path), version=version)
     except TableNotFoundError as error:
         raise FileNotFoundError(f"no Delta table at {path}: run publish first ({error})") from error
 

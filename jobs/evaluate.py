@@ -30,7 +30,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from jobs import lake
-from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import (
     ContentScorer,
     FactorScorer,
@@ -320,7 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> EvaluateReport:
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     with spark_session("modalrank-evaluate", config) as spark:
         report = run_evaluate(
             spark, config, args.ds, args.dataset, tuple(args.protocols), seed=args.seed, ablation=args.ablation

@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
 from jobs.spark import job_main, spark_session, threads_per_task
@@ -392,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     with spark_session(f"modalrank-extract-{args.modality}", config) as spark:
         report = run_extract(spark, config, args.modality, args.ds, force=args.force)
     log_report(report)

@@ -7,7 +7,7 @@ chosen by hashing item ids): standardise, PCA to at most `--block-dim` dims, L2-
 concatenated in layout order, zeros and a false mask bit where it lacks a modality. An item with no
 modality at all still gets its row (all zeros, nothing in `modalities`): nothing is dropped.
 
-The fitted projections are an artifact, `<lake>/_models/fusion/<fusion_version>/` (projections.safetensors
+The fitted projections are an artifact, `<artifacts>/_models/fusion/<fusion_version>/` (projections.safetensors
 + fusion.json), and `_models/fusion/current.json` points at the one in use. A nightly run reuses the
 current artifact whenever the modalities, their extractors and versions, and the block size are
 unchanged, so tonight's item vectors stay comparable with vectors a ranker was trained on; new items are
@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 
 from features.fusion import METHOD, Fusion, fit_projection
 from jobs import lake
-from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, ITEM_VECTORS, features_table
 from jobs.spark import job_main, spark_session
@@ -198,18 +198,14 @@ def fusion_version(key: dict, layout: list[str], block_dims: list[int], fit_sets
 
 
 # ---------------------------------------------------------------------------------------------------
-# The artifact: <lake>/_models/fusion/<fusion_version>/ and the current.json pointer
+# The artifact: <artifacts>/_models/fusion/<fusion_version>/ and the current.json pointer
 
 
 def models_dir(config: PipelineConfig) -> Path:
-    """Where fusion artifacts live. Only a local (or mounted) lake for now: they are written with
-    plain file operations, which an object store does not offer atomically."""
-    if "://" in config.lake:
-        raise ValueError(
-            f"model artifacts need a local or mounted lake for now; {config.lake} is a URI "
-            "(mount it, or point --lake at a local path)"
-        )
-    return Path(config.lake) / "_models" / "fusion"
+    """Where fusion artifacts live: in the artifacts folder, a local or mounted one even when the lake is an
+    s3a:// or hdfs:// URI, because they are written with plain file operations (an atomic rename makes the
+    pointer move at once, which an object store does not offer)."""
+    return config.models_dir / "fusion"
 
 
 def _replace_atomically(path: Path, write) -> None:
@@ -521,7 +517,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> FuseReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     # "text image", "text,image" or nothing (a scheduler passes an empty value for "all").
     modalities = [m for text in args.modalities or [] for m in text.replace(",", " ").split()] or None
     with spark_session("modalrank-fuse", config) as spark:

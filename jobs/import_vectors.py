@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.extract import ExtractReport, log_report, write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
 from jobs.spark import job_main, spark_session
@@ -164,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     with spark_session(f"modalrank-import-{args.name}", config) as spark:
         report = run_import(spark, config, args.name, args.vectors, args.ds)
     log_report(report)

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs import lake, sources
-from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
@@ -512,7 +512,7 @@ def _merge_interactions(table: DeltaTable, staged: DataFrame, ds: dt.date) -> No
 
 
 def write_report(config: PipelineConfig, report: IngestReport) -> Path:
-    """`<lake>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
+    """`<artifacts>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
     folder = config.reports_dir / report.ds
     folder.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {
@@ -612,7 +612,7 @@ def request_from_args(args: argparse.Namespace) -> IngestRequest:
 
 def run_from_args(args: argparse.Namespace) -> IngestReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     request = request_from_args(args)
     with spark_session("modalrank-ingest", config) as spark:
         report = run_ingest(spark, config, request)

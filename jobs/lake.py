@@ -14,7 +14,9 @@ def ensure_table(spark: SparkSession, config: PipelineConfig, spec: TableSpec) -
     path = config.table_path(spec.name)
     (
         DeltaTable.createIfNotExists(spark)
-        .location(path)
+        # As Hadoop prints the path: Delta compares the LOCATION given with the one it resolves, and
+        # refuses an existing table at file:///x because it resolves that as file:/x.
+        .location(spark._jvm.org.apache.hadoop.fs.Path(path).toString())
         .addColumns(spec.schema)
         .partitionedBy(*spec.partition_by)
         .comment(spec.description)

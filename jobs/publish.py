@@ -2,10 +2,10 @@
 
 What analysts and services read is what this job writes, so nothing reaches the table unchecked:
 1. Load the data as of the end of `ds` (`jobs.train.load_ranking_data`) and the ranker artifact that
-   `train` chose for `ds` (`<lake>/_models/ranker/by_ds/<ds>.json`, or `--model-version`), then refit the serving base
+   `train` chose for `ds` (`<artifacts>/_models/ranker/by_ds/<ds>.json`, or `--model-version`), then refit the serving base
    models once on the driver, as the README's ranker section says (they are a function of the lake
    as of the date, so they are refit where the ranker is used rather than stored with it).
-2. Score in Spark: the base models and the item side go to `<lake>/_models/serving/<ds>/` as
+2. Score in Spark: the base models and the item side go to `<artifacts>/_models/serving/<ds>/` as
    safetensors + JSON (no pickle); user indices are spread over partitions in fixed blocks of 256,
    and each Python worker loads the artifacts once, scores its blocks and emits their top K. No
    process ever holds a users × items score matrix for all users: a block is 256 rows. The folder
@@ -53,7 +53,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.spark import job_main, spark_session, threads_per_task
@@ -750,7 +750,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> PublishReport:
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     with spark_session("modalrank-publish", config) as spark:
         report = run_publish(
             spark, config, args.ds, k=args.k, model_version=args.model_version,

@@ -1,6 +1,6 @@
 """The run report: one page per run date that says what every stage of the night did.
 
-Reads the stage reports in `<lake>/_reports/<ds>/` (`ingest.json`, `extract_<modality>.json`,
+Reads the stage reports in `<artifacts>/_reports/<ds>/` (`ingest.json`, `extract_<modality>.json`,
 `fuse.json`, `train.json`, `evaluate_<dataset>.json`, `publish.json`) and the date's `quarantine`
 rows, and writes beside them `run.json`, `run.md` and `run.html` (self-contained: style and plots
 inline). Row counts, seconds, quarantined rows by stage and reason, the evaluation tables, the
@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from features.registry import BUILT_IN
-from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_config
+from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 
 # The evaluation report's table and image helpers, so both pages look and escape alike.
 from jobs.ranking.report import (
@@ -98,7 +98,9 @@ def read_quarantine_counts(config: PipelineConfig, ds: dt.date) -> pd.DataFrame 
     """Rows per (stage, reason) quarantined on `ds`, or why there are none to count."""
     from deltalake import DeltaTable
 
-    path = config.table_path("quarantine")
+    from jobs.consume import delta_rs_uri
+
+    path = delta_rs_uri(config.table_path("quarantine"))
     try:
         if not DeltaTable.is_deltatable(path):
             return "the lake has no quarantine table yet"
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging()
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     run = write_run_report(config, args.ds)
     print(config.reports_dir / run.ds / "run.html")
     return 1 if args.fail_if_incomplete and not run.complete else 0

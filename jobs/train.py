@@ -3,7 +3,7 @@
 Reads `interactions` (events up to the end of `ds` only, so a backfilled date never sees its future),
 `catalog` (genres) and `item_vectors` (the fused content), fits `jobs.ranking.ranker.HybridRanker`
 with a chronological inner split (the nightly job predicts what users do next), and writes
-`<lake>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`. Training runs on the driver with
+`<artifacts>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`. Training runs on the driver with
 torch; the data is collected once as index arrays (see the README for how it moves to more machines).
 
 Cadence: with `--every-days N` the network is trained only on a fixed grid of dates (ordinal days
@@ -39,7 +39,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PipelineConfig, add_run_arguments, load_config
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import ItemSide
 from jobs.ranking.data import IndexedData, index_interactions
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS
@@ -59,9 +59,8 @@ class RankingData:
 
 
 def models_dir(config: PipelineConfig) -> Path:
-    if "://" in config.lake:
-        raise ValueError(f"model artifacts need a local or mounted lake path, not {config.lake}")
-    return Path(config.lake) / "_models"
+    """`_models/` in the artifacts folder (a local or mounted folder, whatever the lake is)."""
+    return config.models_dir
 
 
 def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
@@ -262,7 +261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> TrainReport:
-    config = load_config(lake=args.lake)
+    config = load_run_config(args)
     with spark_session("modalrank-train", config) as spark:
         report = run_train(spark, config, args.ds, every_days=args.every_days)
     log.info(

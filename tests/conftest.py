@@ -101,7 +101,8 @@ def write_vectors(path: Path, vectors: dict) -> Path:
 def ingest_with_taste_vectors(spark, config, demo: Path, clusters: int, ds, noise: bool = True) -> None:
     """Ingest a generated demo folder as of `ds`, then import two modalities made from its hidden truth:
     `taste` (the item's cluster centre plus a little noise: content that predicts interactions) and,
-    with `noise`, `noise` (pure noise: content that does not); their CSVs go beside the lake. Cheap stand-ins for the media
+    with `noise`, `noise` (pure noise: content that does not); their CSVs go beside the artifacts folder
+    (the lake's own for a local lake; a URI lake is no place for plain files). Cheap stand-ins for the media
     extractors, for tests about fusion, ranking and publishing rather than extraction."""
     import csv
 
@@ -119,7 +120,7 @@ def ingest_with_taste_vectors(spark, config, demo: Path, clusters: int, ds, nois
     }
     centres = rng.normal(size=(clusters, 8))
     taste = {item: centres[cluster] + 0.3 * rng.normal(size=8) for item, cluster in cluster_of.items()}
-    run_import(spark, config, "taste", write_vectors(Path(config.lake).parent / "taste.csv", taste), ds)
+    run_import(spark, config, "taste", write_vectors(config.artifacts_dir.parent / "taste.csv", taste), ds)
     if noise:
         vectors = {item: rng.normal(size=8) for item in cluster_of}
-        run_import(spark, config, "noise", write_vectors(Path(config.lake).parent / "noise.csv", vectors), ds)
+        run_import(spark, config, "noise", write_vectors(config.artifacts_dir.parent / "noise.csv", vectors), ds)

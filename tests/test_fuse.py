@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,8 +147,13 @@ def test_fusion_version_is_stable_and_changes_with_what_decides_the_fusion():
     assert version != fusion_version(key, ["text"], [64], {"text": fit_set_digest(np.array([1, 2]), ["a", "c"])})
 
 
-def test_model_artifacts_need_a_local_lake():
-    with pytest.raises(ValueError, match="local or mounted lake"):
+def test_model_artifacts_live_in_the_artifacts_folder_whatever_the_lake(monkeypatch):
+    monkeypatch.delenv("MODALRANK_ARTIFACTS", raising=False)
+    uri_lake = load_config(lake="s3a://bucket/lake", artifacts="/mnt/shared/modalrank")
+    assert models_dir(uri_lake) == Path("/mnt/shared/modalrank/_models/fusion")
+    assert models_dir(load_config(lake="/data/lake")) == Path("/data/lake/_models/fusion")
+    # An object store cannot hold them (plain file writes, atomic renames): the config says what to set.
+    with pytest.raises(ValueError, match="set MODALRANK_ARTIFACTS"):
         models_dir(load_config(lake="s3a://bucket/lake"))
 
 

@@ -3,7 +3,9 @@
 Three tiers: pure numpy (the per-block top K, the serving artifact round trip), the gate on small
 hand-made DataFrames (each planted fault fails exactly its check), and end to end on a small demo
 lake (ingest, two imported modalities, fuse, train, publish with K = 10). The end-to-end tests share
-one lake and run in file order: the first publish, an earlier date, a rerun, a blocked publish.
+one lake and run in file order: the first publish, an earlier date, a rerun, a blocked publish; last,
+the same stages on a lake given as a file:// URI with a separate artifacts folder, which must publish
+the same lists.
 Expectations are recomputed with pandas from the lake's own tables, not from the job's models.
 """
 
@@ -350,7 +352,7 @@ def test_a_publish_killed_mid_run_leaves_the_partition_whole_and_a_rerun_complet
 
     config, _, _ = published
     before, version = partition(spark, config, DS), table_version(spark, config)
-    serving = Path(config.lake) / "_models" / "serving" / DS.isoformat()
+    serving = config.models_dir / "serving" / DS.isoformat()
     job = subprocess.Popen(
         [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--lake", config.lake, "--k", str(K)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -375,3 +377,60 @@ def test_a_publish_killed_mid_run_leaves_the_partition_whole_and_a_rerun_complet
     assert report.published and table_version(spark, config) == version + 1
     pd.testing.assert_frame_equal(partition(spark, config, DS), before)
     assert not serving.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A lake given as a URI, with its models and reports in a folder of their own
+
+
+@pytest.mark.spark
+def test_a_uri_lake_with_its_own_artifacts_folder_publishes_the_same_lists(spark, published, capsys):
+    """The shape of an s3a:// or hdfs:// deployment on one machine: the tables at a file:// URI (every
+    Spark, Hadoop and delta-rs access goes through the URI, none through a local path), models and
+    reports in a separate folder. Same data and date as the plain local lake above: same lists."""
+    from jobs import cli
+    from jobs.config import load_config
+    from jobs.consume import read_date
+    from jobs.fuse import run_fuse
+    from jobs.run_report import write_run_report
+    from jobs.schemas import QUARANTINE
+    from jobs.train import run_train
+
+    local_config, local_trained, _ = published
+    root = Path(local_config.lake).parent / "uri"
+    lake_folder, artifacts = root / "lake", root / "artifacts"
+    config = load_config(lake=lake_folder.as_uri(), artifacts=str(artifacts), shuffle_partitions=2)
+    assert config.lake.startswith("file:///")
+    ingest_with_taste_vectors(spark, config, Path(local_config.lake).parent / "demo", DEMO.clusters, DS)
+    run_fuse(spark, config, DS)
+    trained = run_train(spark, config, DS)
+    report = run_publish(spark, config, DS, k=K)
+    run = write_run_report(config, DS)  # delta-rs reads the quarantine table at the URI
+
+    # Tables in the lake; models and reports in the artifacts folder, and none of them in the lake.
+    for table in ("catalog", "interactions", "quarantine", "features_taste", "item_vectors", "recommendations"):
+        assert (lake_folder / table / "_delta_log").is_dir(), table
+    assert not [path for path in lake_folder.rglob("_*") if path.name in {"_models", "_reports"}]
+    assert (artifacts / "_models" / "fusion" / "current.json").is_file()
+    assert Path(trained.artifact) == artifacts / "_models" / "ranker" / trained.version
+    assert (Path(trained.artifact) / "ranker.safetensors").is_file()
+    assert (artifacts / "_models" / "ranker" / "by_ds" / f"{DS.isoformat()}.json").is_file()
+    assert not (artifacts / "_models" / "serving" / DS.isoformat()).exists()  # publish cleaned up
+    for name in ("ingest", "fuse", "train", "publish", "run"):
+        assert (artifacts / "_reports" / DS.isoformat() / f"{name}.json").is_file(), name
+
+    # The same model and lists as the local lake's, read back through Spark and through delta-rs.
+    assert trained.version == local_trained.version and report.published
+    lists = partition(spark, config, DS)
+    pd.testing.assert_frame_equal(lists, partition(spark, local_config, DS))
+    from_delta_rs = read_date(config.table_path("recommendations"), DS, columns=["user_id", "rank", "item_id"])
+    pd.testing.assert_frame_equal(from_delta_rs, lists[["user_id", "rank", "item_id"]], check_dtype=False)
+    quarantined = lake.read_table(spark, config, QUARANTINE).where(f"ds = '{DS.isoformat()}'").count()
+    assert run.quarantine_note == "" and sum(row["rows"] for row in run.quarantine) == quarantined
+
+    # `modalrank tables` lists the URI lake's feature tables and counts rows with delta-rs.
+    capsys.readouterr()
+    assert cli.main(["tables", "--lake", config.lake, "--artifacts", config.artifacts]) == 0
+    printed = capsys.readouterr().out
+    assert f"lake {config.lake}" in printed and "features_taste" in printed and "features_noise" in printed
+    assert f"{len(lists):>9,} rows" in printed
