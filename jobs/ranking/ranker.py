@@ -653,9 +653,7 @@ class HybridRanker:
         """
         found, pair_scores = self._candidate_scores(users, allowed)
         scores = np.broadcast_to(self.non_candidate_scores(), (len(users), self.base.train.n_items)).copy()
-        position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
-        position[users] = np.arange(len(users))
-        scores[position[found.users], found.items] = pair_scores
+        scores[rows_in_block(users, found.users), found.items] = pair_scores
         return scores
 
     def top_k(self, users: np.ndarray, allowed: np.ndarray, k: int) -> TopK:
@@ -670,9 +668,7 @@ class HybridRanker:
         """
         users = np.asarray(users, dtype=np.int64)
         found, pair_scores = self._candidate_scores(users, allowed)
-        position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
-        position[users] = np.arange(len(users))
-        row = position[found.users]
+        row = rows_in_block(users, found.users)
         order = np.lexsort((found.items, -pair_scores, row))
         row, item, score = row[order], found.items[order], pair_scores[order]
         rank = np.arange(len(row)) - np.searchsorted(row, row)
@@ -689,8 +685,12 @@ class HybridRanker:
             row, item, score, rank = row[order], item[order], score[order], rank[order]
         return TopK(row, (rank + 1).astype(np.int32), item, score)
 
-    def _fill_short_rows(self, users, short, counts, row, item, allowed, k):
-        """For the users with fewer than k candidates: their best non-candidate eligible items."""
+    def _fill_short_rows(
+        self, users: np.ndarray, short: np.ndarray, counts: np.ndarray, row: np.ndarray, item: np.ndarray,
+        allowed: np.ndarray, k: int,
+    ) -> list[np.ndarray]:  # fmt: skip
+        """For the block rows `short`, which have `counts` < k candidates (`row`, `item`): their best
+        non-candidate eligible items, as [rows, items, scores, ranks] (0-based, after the candidates)."""
         fallback = self.non_candidate_scores()
         by_fallback = np.lexsort((np.arange(len(fallback)), -fallback))  # best first, ties: lower index
         by_fallback = by_fallback[allowed[by_fallback]]
@@ -705,6 +705,13 @@ class HybridRanker:
             scores.append(fallback[extra])
             ranks.append(counts[r] + np.arange(len(extra)))
         return [np.concatenate(part) for part in (rows, items, scores, ranks)]
+
+
+def rows_in_block(users: np.ndarray, pair_users: np.ndarray) -> np.ndarray:
+    """Each pair's row in the block: the position of its user in `users`."""
+    position = np.full(int(users.max()) + 1, -1, dtype=np.int64)
+    position[users] = np.arange(len(users))
+    return position[pair_users]
 
 
 def fit_variants(
