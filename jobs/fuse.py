@@ -349,7 +349,7 @@ def run_fuse(
 ) -> FuseReport:
     started = time.monotonic()
     report = FuseReport(ds.isoformat())
-    folder = models_dir(config)  # fails before any work when the lake cannot hold the artifact
+    folder = models_dir(config)
     available = feature_modalities(spark, config)
     if modalities:
         unknown = sorted(set(modalities) - set(available))

@@ -57,7 +57,7 @@ from jobs.config import PipelineConfig, add_run_arguments, configure_logging, lo
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.spark import job_main, spark_session, threads_per_task
-from jobs.train import load_ranking_data, models_dir
+from jobs.train import load_ranking_data
 
 log = logging.getLogger("modalrank.publish")
 
@@ -134,7 +134,7 @@ def ranker_folder(config: PipelineConfig, ds: dt.date, model_version: str | None
     that model saw data after `ds`)."""
     from jobs.train import date_pointer
 
-    root = models_dir(config) / "ranker"
+    root = config.models_dir / "ranker"
     if model_version is None:
         pointer = date_pointer(config, ds)
         if not pointer.is_file():
@@ -598,7 +598,7 @@ def run_publish(
         ds, report.model_version, n_users, report.eligible_items, len(data.item_ids), k, report.short_lists,
     )  # fmt: skip
 
-    serving = models_dir(config) / "serving" / ds.isoformat()
+    serving = config.models_dir / "serving" / ds.isoformat()
     try:
         with _phase(report, "save serving artifact"):
             size = save_serving_artifact(serving, base, loaded.items, data.user_ids, data.item_ids, eligible_items)

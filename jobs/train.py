@@ -58,11 +58,6 @@ class RankingData:
     facts: dict = field(default_factory=dict)
 
 
-def models_dir(config: PipelineConfig) -> Path:
-    """`_models/` in the artifacts folder (a local or mounted folder, whatever the lake is)."""
-    return config.models_dir
-
-
 def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
     """Interactions up to the end of `ds`, genres and fused vectors for every catalog item, as numpy."""
     end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
@@ -175,7 +170,7 @@ def _write_pointer(path: Path, payload: dict) -> None:
 
 def date_pointer(config: PipelineConfig, ds: dt.date) -> Path:
     """`_models/ranker/by_ds/<ds>.json`: which model serves run date `ds`."""
-    return models_dir(config) / "ranker" / "by_ds" / f"{ds.isoformat()}.json"
+    return config.models_dir / "ranker" / "by_ds" / f"{ds.isoformat()}.json"
 
 
 def run_train(
@@ -189,7 +184,7 @@ def run_train(
     loaded = load_ranking_data(spark, config, trained_ds)
     report = TrainReport(ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts)
     report.version = ranker_version(settings, loaded.fusion_version, trained_ds, loaded.data)
-    folder = models_dir(config) / "ranker" / report.version
+    folder = config.models_dir / "ranker" / report.version
     report.artifact = str(folder)
     if (folder / "ranker.json").is_file() and (folder / "ranker.safetensors").is_file():
         report.reused = True
@@ -212,7 +207,7 @@ def run_train(
         report.training_seconds = ranker.log.seconds
     pointer = {"version": report.version, "ds": ds.isoformat(), "trained_ds": trained_ds.isoformat()}
     _write_pointer(date_pointer(config, ds), pointer)
-    current = models_dir(config) / "ranker" / "current.json"
+    current = config.models_dir / "ranker" / "current.json"
     # A backfill of older dates must not move `current` back to an older model.
     if not current.is_file() or json.loads(current.read_text()).get("ds", "") <= ds.isoformat():
         _write_pointer(current, pointer)

@@ -11,7 +11,6 @@ import pytest
 
 from jobs.config import PipelineConfig, add_run_arguments, load_config, load_run_config, local_path
 from jobs.consume import delta_rs_uri
-from jobs.train import models_dir
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +24,7 @@ def test_a_local_lake_holds_its_own_artifacts(tmp_path):
     assert config.artifacts == ""  # derived, so a copy pointed at another lake follows that lake
     assert config.artifacts_dir == tmp_path / "lake"
     assert config.reports_dir == tmp_path / "lake" / "_reports"
-    assert models_dir(config) == tmp_path / "lake" / "_models"
+    assert config.models_dir == tmp_path / "lake" / "_models"
     moved = config.with_overrides(lake=str(tmp_path / "other"))
     assert moved.reports_dir == tmp_path / "other" / "_reports"
 
@@ -42,7 +41,7 @@ def test_a_uri_lake_keeps_its_uri_and_puts_artifacts_in_the_given_folder():
     assert config.table_path("catalog") == "s3a://bucket/lake/catalog"
     assert config.table_uri("catalog") == "s3a://bucket/lake/catalog"
     assert config.reports_dir == Path("/mnt/shared/modalrank/_reports")
-    assert models_dir(config) == Path("/mnt/shared/modalrank/_models")
+    assert config.models_dir == Path("/mnt/shared/modalrank/_models")
 
 
 def test_a_file_uri_lake_is_a_local_folder_and_holds_its_own_artifacts():
