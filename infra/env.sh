@@ -5,6 +5,10 @@ export MODALRANK_ROOT
 export VIRTUAL_ENV="$MODALRANK_ROOT/.venv"
 # The Airflow Spark provider runs `spark-submit` from PATH: the venv's, from the pyspark wheel.
 export PATH="$VIRTUAL_ENV/bin:$PATH"
+# This checkout's code first, for the driver and for Spark's Python workers (they inherit PYTHONPATH):
+# a venv installed editable from another checkout (a git worktree, a second clone) must not run that
+# checkout's jobs/ and features/ instead.
+export PYTHONPATH="$MODALRANK_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYSPARK_PYTHON="$VIRTUAL_ENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VIRTUAL_ENV/bin/python"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
