@@ -3,8 +3,9 @@
 Scheduled on the `modalrank_recommendations` Asset, which the nightly DAG's `announce_publish` task
 updates only after the quality gate passed and the date's partition was committed, so this DAG never
 sees a half-written or unchecked date. Each event's extra names the date, the lake and its artifacts
-folder; the one task reads exactly that date with delta-rs (no Spark: what a service or an analyst's
-notebook would do) and writes a per-date digest an analyst can open:
+folder and the table version `publish` committed; the one task reads exactly that date in exactly
+that version with delta-rs, so a later publish or a rerun of the same date cannot change what it reads
+(no Spark: what a service or an analyst's notebook would do), and writes a per-date digest an analyst can open:
 `<artifacts>/_exports/<ds>/recommendations_digest.csv` (the lake's own folder for a local lake) — how
 many users each item is recommended to and at what median rank — plus a sample of lists in the task log. Copy it as the start of a real consumer.
 """
@@ -15,6 +16,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Asset, Param, task
 
+from jobs import arguments
 from jobs.config import load_config
 
 config = load_config()
@@ -24,15 +26,19 @@ RECOMMENDATIONS_ASSET = Asset(
 )
 
 
-def write_digest(lake: str | None, artifacts: str | None, ds: str | None) -> str:
-    """Per item of the date's lists: how many users get it, at what median and best rank; as CSV."""
+def write_digest(lake: str | None, artifacts: str | None, ds: str | None, table_version: int | None = None) -> str:
+    """Per item of the date's lists: how many users get it, at what median and best rank; as CSV.
+
+    `table_version` pins the snapshot read (Delta time travel): the version the event announced, so
+    the digest is of the lists that passed the gate that night even if the date was republished since.
+    """
     import datetime
 
     from jobs.consume import format_sample, read_date, read_latest
 
     lake_config = load_config(lake=lake or None, artifacts=artifacts or None)
     table = lake_config.table_path("recommendations")
-    lists = read_latest(table) if ds is None else read_date(table, datetime.date.fromisoformat(ds))
+    lists = read_latest(table) if ds is None else read_date(table, datetime.date.fromisoformat(ds), table_version)
     ds = str(lists["ds"].iloc[0])
     print(format_sample(lists, users=3, per_user=5))
     digest = (
@@ -57,8 +63,18 @@ def export_digest(triggering_asset_events=None, params: dict | None = None) -> l
     events = list(triggering_asset_events[RECOMMENDATIONS_ASSET]) if triggering_asset_events else []
     if not events:
         return [write_digest(params["lake"] or None, params["artifacts"] or None, None)]
-    # Events from before the artifacts folder existed name only the lake: a local one, holding its own.
-    return [write_digest(event.extra["lake"], event.extra.get("artifacts"), event.extra["ds"]) for event in events]
+    return digest_events([event.extra for event in events])
+
+
+def digest_events(extras: list[dict]) -> list[str]:
+    """One digest per event's extra (what `announce_publish` wrote), each of exactly the version it names.
+
+    Events from before the artifacts folder existed name only the lake (a local one, holding its own).
+    """
+    return [
+        write_digest(extra["lake"], extra.get("artifacts"), extra["ds"], extra.get("table_version"))
+        for extra in extras
+    ]
 
 
 with DAG(
@@ -78,9 +94,17 @@ with DAG(
         "execution_timeout": dt.timedelta(minutes=20),
     },
     params={
-        "lake": Param(config.lake, type="string", description="lake base path or URI"),
+        "lake": Param(
+            config.lake,
+            type="string",
+            description="lake base path or URI",
+            **arguments.LAKE.optional_param_schema(),
+        ),
         "artifacts": Param(
-            config.artifacts, type="string", description="folder for _exports/ (empty: the lake's own)"
+            config.artifacts,
+            type="string",
+            description="folder for _exports/ (empty: the lake's own)",
+            **arguments.ARTIFACTS.optional_param_schema(),
         ),
     },
 ) as dag:

@@ -34,9 +34,11 @@ import datetime as dt
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from jobs import arguments
 from jobs.config import REPO_ROOT, load_config
-from jobs.spark import delta_jars, spark_settings
+from jobs.spark import EXIT_FAIL_WITHOUT_RETRY, FAIL_WITHOUT_RETRY_MARKER, delta_jars, spark_settings
 
 config = load_config()
 DEMO_DATA = REPO_ROOT / "data" / "demo"
@@ -49,14 +51,35 @@ RECOMMENDATIONS_ASSET = Asset(
 )
 
 
-def spark_job(task_id: str, module: str, arguments: list[str], **operator_args) -> SparkSubmitOperator:
+class ModalrankSparkJob(SparkSubmitOperator):
+    """spark-submit of one modalrank job; a job that exits with EXIT_FAIL_WITHOUT_RETRY (a failed quality
+    gate) fails the task at once, with the job's reason, instead of being retried: rerunning the job on
+    the same inputs would reach the same verdict after the same work. Any other failure (a lost
+    executor, a full disk, a killed driver) is retried as before."""
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowException as error:
+            process = getattr(self._hook, "_submit_sp", None)
+            if process is None or process.returncode != EXIT_FAIL_WITHOUT_RETRY:
+                raise
+            lines = list(getattr(self._hook, "_last_submit_log_lines", ()))
+            reasons = [
+                line.split(FAIL_WITHOUT_RETRY_MARKER, 1)[1] for line in lines if FAIL_WITHOUT_RETRY_MARKER in line
+            ]
+            reason = reasons[-1].strip() if reasons else f"the job exited with {EXIT_FAIL_WITHOUT_RETRY}"
+            raise AirflowFailException(f"{self.task_id} failed, not retried: {reason}") from error
+
+
+def spark_job(task_id: str, module: str, job_arguments: list[str], **operator_args) -> SparkSubmitOperator:
     """One `jobs/<module>.py` Spark job, submitted with the settings every modalrank session uses."""
-    return SparkSubmitOperator(
+    return ModalrankSparkJob(
         task_id=task_id,
         conn_id=SPARK_CONNECTION,
         pool=SPARK_POOL,
         application=str(REPO_ROOT / "jobs" / f"{module}.py"),
-        application_args=arguments,
+        application_args=job_arguments,
         name=f"modalrank-{task_id}",
         conf=spark_settings(config),
         jars=",".join(delta_jars(config)),
@@ -100,6 +123,10 @@ def run_report(ds: str | None = None, params: dict | None = None) -> str:
     return str(report_config.reports_dir / run.ds / "run.html")
 
 
+# Every Param is checked when a run is triggered, before any task starts, by the rules the jobs' flags
+# use (jobs.arguments); an empty path means "not given".
+path = arguments.INPUT_PATH.optional_param_schema()
+
 with DAG(
     dag_id="modalrank_nightly",
     description="Nightly multimodal recommendations: ingest, extract, fuse, train, evaluate, publish",
@@ -117,34 +144,53 @@ with DAG(
         "execution_timeout": dt.timedelta(hours=2),
     },
     params={
-        "lake": Param(config.lake, type="string", description="lake base path or URI (s3a://, hdfs://)"),
+        "lake": Param(
+            config.lake,
+            type="string",
+            description="lake base path or URI (s3a://, hdfs://)",
+            **arguments.LAKE.optional_param_schema(),
+        ),
         "artifacts": Param(
             config.artifacts,
             type="string",
+            **arguments.ARTIFACTS.optional_param_schema(),
             description="local or mounted folder for _models/ and _reports/ (empty: the lake's own; "
             "required for an s3a:// or hdfs:// lake)",
         ),
-        "catalog": Param(str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file"),
-        "interactions": Param(
-            str(DEMO_DATA / "interactions.csv"), type="string", description="generic interactions file"
+        "catalog": Param(
+            str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file", **path
         ),
-        "movielens": Param("", type="string", description="MovieLens folder (instead of catalog + interactions)"),
-        "overviews": Param("", type="string", description="CSV of item id + overview"),
-        "posters": Param("", type="string", description="folder of <item_id>.jpg|png"),
-        "audio": Param("", type="string", description="folder of <item_id>.wav|…"),
-        "video": Param("", type="string", description="folder of <item_id>.mp4|…"),
+        "interactions": Param(
+            str(DEMO_DATA / "interactions.csv"), type="string", description="generic interactions file", **path
+        ),
+        "movielens": Param(
+            "", type="string", description="MovieLens folder (instead of catalog + interactions)", **path
+        ),
+        "overviews": Param("", type="string", description="CSV of item id + overview", **path),
+        "posters": Param("", type="string", description="folder of <item_id>.jpg|png", **path),
+        "audio": Param("", type="string", description="folder of <item_id>.wav|…", **path),
+        "video": Param("", type="string", description="folder of <item_id>.mp4|…", **path),
         "force_extract": Param(False, type="boolean", description="recompute every item's features"),
         "dataset": Param(
-            "demo", type="string", description="label of the evaluation's rows, e.g. ml-latest-small"
+            "demo",
+            type="string",
+            description="label of the evaluation's rows, e.g. ml-latest-small",
+            **arguments.DATASET.param_schema(),
         ),
         "train_every_days": Param(
             7, type="integer", minimum=1, description="train a new ranker every N days (7: Sundays), else reuse"
         ),
         "k": Param(50, type="integer", minimum=1, description="published list length per user"),
         "max_changed_share": Param(
-            1.0, type="number", description="gate: most users whose list may change since the previous date"
+            1.0,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="gate: most users whose list may change since the previous date",
         ),
-        "min_coverage": Param(0.0, type="number", description="gate: least share of available items listed"),
+        "min_coverage": Param(
+            0.0, type="number", minimum=0, maximum=1, description="gate: least share of available items listed"
+        ),
     },
 ) as dag:
     ingest = spark_job(

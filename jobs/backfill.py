@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
+from jobs import arguments
+from jobs.arguments import dataset_label, positive_int
 from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
 from jobs.ingest import IngestRequest
 
@@ -147,8 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs.publish import DEFAULT_K
 
     add_lake_arguments(parser)
-    parser.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first run date, YYYY-MM-DD")
-    parser.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last run date (inclusive)")
+    parser.add_argument("--start", required=True, type=arguments.run_date, help="first run date, YYYY-MM-DD")
+    parser.add_argument("--end", required=True, type=arguments.run_date, help="last run date (inclusive)")
     add_source_arguments(parser)
     parser.add_argument("--skip", nargs="+", default=[], choices=STAGES, help="stages not to run")
     parser.add_argument(
@@ -156,9 +158,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="built-in modalities to extract (default: all)",
     )  # fmt: skip
     add_force_argument(parser)
-    parser.add_argument("--train-every-days", type=int, default=7, help="train cadence (default: %(default)s)")
-    parser.add_argument("--dataset", default="demo", help="label of the evaluation's rows (default: %(default)s)")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help="published list length (default: %(default)s)")
+    parser.add_argument(
+        "--train-every-days", type=positive_int, default=7, help="train cadence (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="demo",
+        type=dataset_label,
+        help="label of the evaluation's rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--k", type=positive_int, default=DEFAULT_K, help="published list length (default: %(default)s)"
+    )
 
 
 def plan_from_args(args: argparse.Namespace) -> BackfillPlan:

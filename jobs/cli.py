@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from jobs import extract, ingest
+from jobs.arguments import input_path, modality_name, positive_int
 from jobs.backfill import BackfillError
 from jobs.config import add_lake_arguments, add_run_arguments, configure_logging, load_run_config
 from jobs.sources import SourceError
-from jobs.spark import MissingJarsError
+from jobs.spark import EXIT_FAIL_WITHOUT_RETRY, FailWithoutRetry, MissingJarsError
 
 log = logging.getLogger("modalrank")
 
@@ -224,15 +225,24 @@ def _feature_modalities(config) -> list[str]:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose errors are one line, like every other `modalrank` error: the usage that argparse
+    prints first would push the reason off a narrow terminal, and `-h` shows it anyway."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modalrank", description=__doc__.split("\n\n")[0])
+    # Subcommand parsers are made with the same class.
+    parser = OneLineErrorParser(prog="modalrank", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo-data", help="write the synthetic demo catalog, media and interactions")
     demo.add_argument("--out", type=Path, required=True, help="output folder")
-    demo.add_argument("--items", type=int, help="number of items (default 600)")
-    demo.add_argument("--users", type=int, help="number of users (default 300)")
+    demo.add_argument("--items", type=positive_int, help="number of items (default 600)")
+    demo.add_argument("--users", type=positive_int, help="number of users (default 300)")
     demo.add_argument("--seed", type=int, help="random seed (default 7)")
     demo.set_defaults(handler=_demo_data)
 
@@ -245,10 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(extract_parser)
     extract_parser.add_argument(
-        "--modality", required=True, help="text, image, audio, video, or a name for imported vectors"
+        "--modality",
+        required=True,
+        type=modality_name,
+        help="text, image, audio, video, or a name for imported vectors",
     )
     extract_parser.add_argument(
-        "--vectors", type=Path, help="CSV/Parquet of item id + vector, for an imported modality"
+        "--vectors", type=input_path, help="CSV/Parquet of item id + vector, for an imported modality"
     )
     extract.add_force_argument(extract_parser)
     extract_parser.set_defaults(handler=_extract)
@@ -284,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     latest = commands.add_parser("latest", help="print a sample of the newest published recommendation lists")
     add_lake_arguments(latest)
     latest.add_argument("--user", type=int, help="only this user's list")
-    latest.add_argument("--users", type=int, default=5, help="how many users to show (default: %(default)s)")
-    latest.add_argument("--limit", type=int, default=10, help="items per user (default: %(default)s)")
+    latest.add_argument(
+        "--users", type=positive_int, default=5, help="how many users to show (default: %(default)s)"
+    )
+    latest.add_argument("--limit", type=positive_int, default=10, help="items per user (default: %(default)s)")
     latest.set_defaults(handler=_latest)
 
     report = commands.add_parser(
@@ -346,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.handler(args)
+    except FailWithoutRetry as error:  # e.g. a failed quality gate: the same status the job exits with
+        print(f"modalrank {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAIL_WITHOUT_RETRY
     except (SourceError, MissingJarsError, FileNotFoundError, ValueError) as error:
         print(f"modalrank {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -17,6 +16,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jobs.arguments import ARTIFACTS, LAKE, optional_artifacts, optional_lake, run_date
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,9 @@ class PipelineConfig:
     imported_vectors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # However the value came (flag, Param, environment, code): a lake path becomes table identifiers
+        # and the Asset's URI, so it is checked here too, not only where a flag is parsed.
+        LAKE.check(self.lake)
         # A relative local lake would mean a different lake for every working directory, and Delta reads
         # a relative path as a table name.
         if "://" not in self.lake:
@@ -57,6 +61,7 @@ class PipelineConfig:
                     f"artifacts must be a local or mounted folder, not a URI ({self.artifacts}): "
                     "models and reports are written with plain file operations"
                 )
+            ARTIFACTS.check(self.artifacts)
             object.__setattr__(self, "artifacts", os.path.abspath(self.artifacts))
         elif local_path(self.lake) is None:
             # Fail before any work: every stage writes its report, and most a model, under the artifacts.
@@ -109,12 +114,12 @@ def add_lake_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lake` and `--artifacts`. Empty values (Airflow passes every flag) mean the configured default."""
     parser.add_argument(
         "--lake",
-        type=lambda text: text or None,
+        type=optional_lake,
         help="lake base path or URI (default: ./lake or $MODALRANK_LAKE)",
     )
     parser.add_argument(
         "--artifacts",
-        type=lambda text: text or None,
+        type=optional_artifacts,
         help="local or mounted folder for _models/ and _reports/ (default: $MODALRANK_ARTIFACTS, else the "
         "lake's own folder; required for an s3a:// or hdfs:// lake)",
     )
@@ -123,7 +128,7 @@ def add_lake_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lake`, `--artifacts` and `--ds`, which every job takes."""
     add_lake_arguments(parser)
-    parser.add_argument("--ds", required=True, type=datetime.date.fromisoformat, help="run date, YYYY-MM-DD")
+    parser.add_argument("--ds", required=True, type=run_date, help="run date, YYYY-MM-DD")
 
 
 def load_run_config(args: argparse.Namespace, **overrides: object) -> PipelineConfig:

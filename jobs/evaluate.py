@@ -7,8 +7,9 @@ ranker on the warm protocols; random, genre-only, content and the ranker (with i
 ablation: each modality alone, all, all minus one) on the cold protocol — the collaborative models
 cannot score an item nobody interacted with.
 
-Writes, for the run date and dataset, in one replaceWhere commit each: `metrics`, `eval_truth` (the
-held-out pairs) and `eval_lists` (every model's top-20 per user), so every number can be recomputed.
+Writes, for the run date and dataset (a label checked by `jobs.arguments.DATASET` before any work), in
+one replaceWhere commit each: `metrics`, `eval_truth` (the held-out pairs) and `eval_lists` (every
+model's top-20 per user), so every number can be recomputed.
 Plus `_reports/<ds>/evaluate_<dataset>.html` (tables and plots), `.md` and `.json`.
 
 Run by the DAG through spark-submit, by `modalrank evaluate`, or by hand:
@@ -30,6 +31,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from jobs import lake
+from jobs.arguments import DATASET, dataset_label
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import (
     ContentScorer,
@@ -199,6 +201,8 @@ def run_evaluate(
     seed: int = SEED,
     ablation: bool = True,
 ) -> EvaluateReport:
+    # Before any work: the label is a column value and part of the report's file name.
+    DATASET.check(dataset)
     started = time.monotonic()
     report = EvaluateReport(ds.isoformat(), dataset)
     loading = time.monotonic()
@@ -250,7 +254,7 @@ def write_tables(
     """Replace this run date's and dataset's rows of the three tables (one Delta commit each)."""
     from pyspark.sql import functions as F
 
-    predicate = f"ds = '{ds.isoformat()}' AND dataset = '{dataset}'"
+    rows = lake.rows_of(ds=ds, dataset=dataset)
     stamped = {"ds": F.lit(ds), "dataset": F.lit(dataset)}
     evaluated_at = {"evaluated_at": F.current_timestamp(), "model_version": F.lit(None).cast("string")}
     for spec, frame, extra in (
@@ -259,8 +263,8 @@ def write_tables(
         (EVAL_LISTS, lists, {}),
     ):
         df = spark.createDataFrame(frame.reset_index(drop=True)).withColumns(stamped | extra)
-        lake.replace_where(spark, config, spec, df, predicate)
-        log.info("wrote %d rows to %s for %s", len(frame), spec.name, predicate)
+        lake.replace_where(spark, config, spec, df, rows)
+        log.info("wrote %d rows to %s for ds=%s dataset=%s", len(frame), spec.name, ds, dataset)
 
 
 def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.DataFrame) -> Path:
@@ -312,7 +316,10 @@ def print_summary(report: EvaluateReport, config: PipelineConfig) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
-        "--dataset", required=True, help="label for the rows written, e.g. demo or ml-latest-small"
+        "--dataset",
+        required=True,
+        type=dataset_label,
+        help="label for the rows written, e.g. demo or ml-latest-small",
     )
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seed", type=int, default=SEED, help="seed for the splits and the ranker")

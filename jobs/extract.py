@@ -325,7 +325,7 @@ def _quarantine_failures(
             F.current_timestamp().alias("quarantined_at"),
         )
     )
-    lake.replace_where(spark, config, QUARANTINE, failures, f"ds = '{ds.isoformat()}' AND stage = '{stage}'")
+    lake.replace_where(spark, config, QUARANTINE, failures, lake.rows_of(ds=ds, stage=stage))
 
 
 def write_report(config: PipelineConfig, report: ExtractReport) -> Path:

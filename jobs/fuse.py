@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 
 from features.fusion import METHOD, Fusion, fit_projection
 from jobs import lake
+from jobs.arguments import modality_name
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, ITEM_VECTORS, features_table
@@ -511,7 +512,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-fit-items", type=int, default=DEFAULT_MAX_FIT_ITEMS, help="most ok vectors a modality is fitted on"
     )
     parser.add_argument(
-        "--modalities", nargs="*", default=None, help="fuse only these (default: every features_* table)"
+        "--modalities",
+        nargs="*",
+        default=None,
+        type=modality_name,
+        help="fuse only these (default: every features_* table)",
     )
 
 

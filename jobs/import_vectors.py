@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, sources
+from jobs.arguments import input_path, modality_name
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.extract import ExtractReport, log_report, write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
@@ -145,7 +146,7 @@ def run_import(
     rejects = quarantine_rows(parsed, item_id=F.col("item_id")).select(
         F.lit(ds).alias("ds"), F.lit(stage).alias("stage"), "*", F.current_timestamp().alias("quarantined_at")
     )
-    lake.replace_where(spark, config, QUARANTINE, rejects, f"ds = '{ds.isoformat()}' AND stage = '{stage}'")
+    lake.replace_where(spark, config, QUARANTINE, rejects, lake.rows_of(ds=ds, stage=stage))
     report.failed_by_reason = {
         r["reason"]: r["count"]
         for r in parsed.where("reason IS NOT NULL").groupBy("reason").count().orderBy("reason").collect()
@@ -158,8 +159,10 @@ def run_import(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--name", required=True, help="the modality's name: the table is features_<name>")
-    parser.add_argument("--vectors", required=True, type=Path, help="CSV or Parquet of item id + vector")
+    parser.add_argument(
+        "--name", required=True, type=modality_name, help="the modality's name: the table is features_<name>"
+    )
+    parser.add_argument("--vectors", required=True, type=input_path, help="CSV or Parquet of item id + vector")
 
 
 def run_from_args(args: argparse.Namespace) -> ExtractReport:

@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs import lake, sources
+from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
@@ -418,7 +419,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     quarantine = _union(item_rejects, *media_rejects, *extra_rejects, event_rejects).select(
         F.lit(ds).alias("ds"), F.lit(STAGE).alias("stage"), "*", now.alias("quarantined_at")
     )
-    lake.replace_where(spark, config, QUARANTINE, quarantine, f"ds = '{ds.isoformat()}' AND stage = '{STAGE}'")
+    lake.replace_where(spark, config, QUARANTINE, quarantine, lake.rows_of(ds=ds, stage=STAGE))
     written = lake.read_table(spark, config, QUARANTINE).where(
         (F.col("ds") == F.lit(ds)) & (F.col("stage") == STAGE)
     )
@@ -578,7 +579,7 @@ def log_report(report: IngestReport) -> None:
 
 def optional_path(text: str) -> Path | None:
     """A path argument where "" means "not given": Airflow passes every flag, some empty."""
-    return Path(text) if text.strip() else None
+    return optional_input_path(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,10 +53,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import lake
+from jobs.arguments import optional_model_version, positive_int, share
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
-from jobs.spark import job_main, spark_session, threads_per_task
+from jobs.spark import FailWithoutRetry, job_main, spark_session, threads_per_task
 from jobs.train import load_ranking_data
 
 log = logging.getLogger("modalrank.publish")
@@ -72,9 +73,10 @@ BLOCKS_PER_TASK = 16
 LIST_SCHEMA = "user_id long, rank int, item_id long, score double"
 
 
-class PublishGateError(ValueError):
-    """The lists failed the quality gate; nothing was written. A ValueError, so `modalrank` prints it
-    as one line (it is a finding about the data, not a crash)."""
+class PublishGateError(FailWithoutRetry, ValueError):
+    """The lists failed the quality gate; nothing was written. A finding about the data, not a crash:
+    `modalrank` prints it as one line, and the job exits with EXIT_FAIL_WITHOUT_RETRY so the DAG fails
+    the task without rescoring the same lists on each retry."""
 
 
 @dataclass(frozen=True)
@@ -663,7 +665,7 @@ def run_publish(
             )
 
         with _phase(report, "write"):
-            lake.replace_where(spark, config, RECOMMENDATIONS, rows, f"ds = '{ds.isoformat()}'")
+            lake.replace_where(spark, config, RECOMMENDATIONS, rows, lake.rows_of(ds=ds))
         report.published = True
         report.table_version = table_version(spark, config)
         log.info(
@@ -727,22 +729,24 @@ def write_report(config: PipelineConfig, report: PublishReport) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help="list length per user (default: %(default)s)")
+    parser.add_argument(
+        "--k", type=positive_int, default=DEFAULT_K, help="list length per user (default: %(default)s)"
+    )
     # An empty value (Airflow passes every flag) means the current model.
     parser.add_argument(
         "--model-version",
-        type=lambda text: text or None,
+        type=optional_model_version,
         help="ranker version to serve (default: the one train chose for --ds)",
     )
     parser.add_argument(
         "--max-changed-share",
-        type=float,
+        type=share,
         default=1.0,
         help="fail the gate when more than this share of users' lists changed since the previous date (default: never)",
     )
     parser.add_argument(
         "--min-coverage",
-        type=float,
+        type=share,
         default=0.0,
         help="fail the gate when fewer than this share of available items is in any list (default: never)",
     )

@@ -27,6 +27,18 @@ class MissingJarsError(RuntimeError):
     """The Delta jars are not in the local cache: set-up has not run."""
 
 
+# The exit status of a job stopped by a `FailWithoutRetry`: the DAG's operator fails such a task at once
+# (AirflowFailException) instead of running the whole job again to get the same answer.
+EXIT_FAIL_WITHOUT_RETRY = 3
+# Starts the job's last log line before it exits with EXIT_FAIL_WITHOUT_RETRY; the operator quotes the
+# rest of that line as the task's failure reason.
+FAIL_WITHOUT_RETRY_MARKER = "modalrank: failed, not worth a retry: "
+
+
+class FailWithoutRetry(Exception):
+    """A job's outcome that its inputs decide (a failed quality gate): rerunning it cannot change it."""
+
+
 def delta_jars(config: PipelineConfig) -> list[str]:
     """The local Delta Lake jars. Runs never download: infra/setup.sh fetches them once."""
     jars = sorted(str(path) for path in Path(config.jars_dir).glob("*.jar"))
@@ -80,6 +92,7 @@ def start_spark(app_name: str, config: PipelineConfig):
 
     builder = SparkSession.builder.appName(app_name)
     if not _running_under_spark_submit():
+        _workers_run_this_python(spark_settings(config)["spark.pyspark.python"])
         builder = (
             builder.master(config.spark_master)
             .config("spark.jars", ",".join(delta_jars(config)))
@@ -92,6 +105,25 @@ def start_spark(app_name: str, config: PipelineConfig):
     _quiet_csv_header_warnings(spark)
     log.info("spark %s started: master=%s app=%s", spark.version, spark.sparkContext.master, app_name)
     return spark
+
+
+def _workers_run_this_python(python: str) -> None:
+    """Make the Python workers of a session started here run `python` and import this checkout's code.
+
+    PySpark starts its workers with $PYSPARK_PYTHON, else with whatever `python3` is first on PATH (a
+    system Python without pandas, when `.venv/bin/modalrank` runs without infra/env.sh): the
+    `spark.pyspark.python` setting is read by spark-submit, not by a session started from Python.
+    The JVM (and through it every worker) inherits this process's environment when it starts, so
+    setting it here, before the session exists, is enough for local mode; the package root goes first
+    on the workers' PYTHONPATH so they unpickle the driver's `jobs` and `features`, not another
+    checkout's. On a cluster, spark.pyspark.python and spark.executorEnv.* in `spark_conf` decide.
+    """
+    os.environ["PYSPARK_PYTHON"] = python
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    code_root = str(Path(__file__).resolve().parents[1])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if code_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([code_root, *filter(None, paths)])
 
 
 @contextmanager
@@ -125,5 +157,11 @@ def job_main(
     configure_logging()
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     add_arguments(parser)
-    run_from_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        run_from_args(args)
+    except FailWithoutRetry as error:
+        # One line, flushed before the exit: the task log ends with the reason, not with a traceback.
+        print(f"{FAIL_WITHOUT_RETRY_MARKER}{error}", file=sys.stderr, flush=True)
+        return EXIT_FAIL_WITHOUT_RETRY
     return 0

@@ -39,6 +39,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
+from jobs.arguments import positive_int
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import ItemSide
 from jobs.ranking.data import IndexedData, index_interactions
@@ -248,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--every-days",
-        type=int,
+        type=positive_int,
         default=1,
         help="train a new model only on dates whose ordinal is a multiple of this (7: Sundays); other dates "
         "reuse the latest such date's model (default: %(default)s, every date)",
