@@ -107,9 +107,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
 def _latest(args: argparse.Namespace) -> int:
     """A sample of the newest published lists, read with delta-rs as a downstream consumer would."""
-    from deltalake import DeltaTable
-
-    from jobs.consume import delta_rs_uri, format_sample, read_latest
+    from jobs.consume import format_sample, open_table, read_frame, read_latest
 
     config = load_run_config(args)
     frame = read_latest(config.table_path("recommendations"))
@@ -117,7 +115,7 @@ def _latest(args: argparse.Namespace) -> int:
         frame = frame[frame.user_id == args.user]
         if frame.empty:
             raise ValueError(f"user {args.user} has no list on the newest published date")
-    catalog = DeltaTable(delta_rs_uri(config.table_path("catalog"))).to_pandas(columns=["item_id", "title"])
+    catalog = read_frame(open_table(config.table_path("catalog")), columns=["item_id", "title"])
     titles = dict(zip(catalog.item_id, catalog.title, strict=True))
     print(format_sample(frame, users=args.users, per_user=args.limit, titles=titles))
     return 0
@@ -184,7 +182,7 @@ def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
-    from jobs.consume import delta_rs_uri
+    from jobs.consume import arrow_filesystem, delta_rs_uri
     from jobs.schemas import ALL_TABLES, features_table
 
     config = load_run_config(args)
@@ -196,7 +194,7 @@ def _tables(args: argparse.Namespace) -> int:
             print(f"  {spec.name:<16} (not created yet)")
             continue
         table = DeltaTable(path)
-        rows = table.to_pyarrow_dataset().count_rows()
+        rows = table.to_pyarrow_dataset(filesystem=arrow_filesystem(table)).count_rows()
         print(f"  {spec.name:<16} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
     return 0
 

@@ -51,6 +51,36 @@ def open_table(path: str | Path, version: int | None = None) -> DeltaTable:
         raise FileNotFoundError(f"no Delta table at {path}: run publish first ({error})") from error
 
 
+def arrow_filesystem(table: DeltaTable):
+    """pyarrow's own filesystem, rooted at `table`, for delta-rs to read the table's files with.
+
+    By default delta-rs reads through a filesystem written in Python (a `PyFileSystem` over its Rust
+    object store), so Arrow's IO threads call into the interpreter for every file they open, read and
+    close, and drop their last references to it there. A thread that does so while the interpreter is
+    shutting down is stopped by Python (`pthread_exit`) inside Arrow's C++ frames, which ends in
+    `std::terminate`: "terminate called without an active exception", exit 134, after the work was
+    done (about one `modalrank latest` in a dozen). Arrow's native filesystems never need the
+    interpreter. For a scheme pyarrow cannot open here (hdfs:// without libhdfs) this returns None:
+    delta-rs's own filesystem, and its rare abort at exit.
+    """
+    from pyarrow import fs
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(table.table_uri)
+    except (OSError, ValueError):
+        return None
+    return fs.SubTreeFileSystem(root, filesystem)
+
+
+def read_frame(
+    table: DeltaTable, partitions: list[tuple] | None = None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """`table.to_pandas(...)` through Arrow's native filesystem (`arrow_filesystem` says why)."""
+    return table.to_pandas(
+        partitions=partitions, columns=list(columns) if columns else None, filesystem=arrow_filesystem(table)
+    )
+
+
 def published_dates(table: DeltaTable) -> list[dt.date]:
     """Every run date in `table`'s snapshot, oldest first, from the Delta log's file actions only."""
     return sorted({dt.date.fromisoformat(partition["ds"]) for partition in table.partitions()})
@@ -93,7 +123,7 @@ def _read_partition(table: DeltaTable, ds: dt.date, columns: Sequence[str] | Non
         raise ValueError(
             f"run date {ds} is not published in version {table.version()} of {table.table_uri} ({newest})"
         )
-    frame = table.to_pandas(partitions=[("ds", "=", ds.isoformat())], columns=list(columns) if columns else None)
+    frame = read_frame(table, partitions=[("ds", "=", ds.isoformat())], columns=columns)
     order = [column for column in ("user_id", "rank") if column in frame.columns]
     return frame.sort_values(order, ignore_index=True) if order else frame
 

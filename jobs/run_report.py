@@ -98,13 +98,14 @@ def read_quarantine_counts(config: PipelineConfig, ds: dt.date) -> pd.DataFrame 
     """Rows per (stage, reason) quarantined on `ds`, or why there are none to count."""
     from deltalake import DeltaTable
 
-    from jobs.consume import delta_rs_uri
+    from jobs.consume import delta_rs_uri, read_frame
 
     path = delta_rs_uri(config.table_path("quarantine"))
     try:
         if not DeltaTable.is_deltatable(path):
             return "the lake has no quarantine table yet"
-        rows = DeltaTable(path).to_pandas(partitions=[("ds", "=", ds.isoformat())], columns=["stage", "reason"])
+        # Through Arrow's own filesystem: jobs.consume.arrow_filesystem says why.
+        rows = read_frame(DeltaTable(path), partitions=[("ds", "=", ds.isoformat())], columns=["stage", "reason"])
     except Exception as error:  # whatever delta-rs raises, the rest of the page still matters
         return f"the quarantine table could not be read: {type(error).__name__}: {error}"
     return quarantine_counts(rows)

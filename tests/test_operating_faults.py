@@ -147,3 +147,22 @@ def test_workers_run_the_interpreter_that_runs_modalrank_without_env_sh(tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "doubled [0, 2, 4]" in result.stdout
+
+
+def test_delta_rs_reads_go_through_arrows_own_filesystem(tmp_path):
+    # The abort at exit of `modalrank latest` came from delta-rs's default filesystem, written in Python:
+    # Arrow's IO threads call into the interpreter and may do so while it shuts down. Reads now name
+    # Arrow's native filesystem, and return the same rows.
+    from deltalake import DeltaTable
+    from pyarrow import fs
+
+    from jobs.consume import arrow_filesystem, open_table, read_frame
+
+    table_path = tmp_path / "lake" / "recommendations"
+    _publish_twice(str(table_path))
+    table = open_table(table_path)
+    filesystem = arrow_filesystem(table)
+    assert isinstance(filesystem, fs.SubTreeFileSystem) and isinstance(filesystem.base_fs, fs.LocalFileSystem)
+    native = read_frame(table, partitions=[("ds", "=", DS.isoformat())])
+    default = DeltaTable(str(table_path)).to_pandas(partitions=[("ds", "=", DS.isoformat())])
+    assert sorted(native.item_id) == sorted(default.item_id) == [20, 21]
