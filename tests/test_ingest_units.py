@@ -124,4 +124,4 @@ class TestCliErrors:
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["ingest", "--ds", "25/11/2026", "--movielens", "x"])
         assert exit_info.value.code == 2
-        assert "invalid fromisoformat value" in capsys.readouterr().err
+        assert "run date '25/11/2026' is not valid: a date as YYYY-MM-DD" in capsys.readouterr().err
