@@ -15,7 +15,8 @@ cadence (`train_every_days`, weekly by default): other dates reuse the model of 
 date, chosen by the date alone, so backfills are deterministic and never see the future — and
 `evaluate` scores the ranker against the baselines on three protocols (`metrics`, `eval_truth`,
 `eval_lists`, and an HTML report under `_reports/<ds>/`). `publish` writes every user's top-K list
-for the date to `recommendations` behind a quality gate, in one Delta commit; `announce_publish`
+for the date to `recommendations` behind a quality gate, in one Delta commit (a failed gate fails the
+task at once, its retries unused: the same inputs would fail it again); `announce_publish`
 then updates the `modalrank_recommendations` Asset that consumer DAGs schedule on, with the date,
 lake, artifacts folder, table version and model in the event's extra. `run_report` (a teardown: it runs
 even when a stage failed, and does not change the run's outcome) writes `_reports/<ds>/run.html`.
@@ -25,7 +26,8 @@ how many Spark jobs run at once whatever the executor's parallelism.
 
 Params pick the input: the built-in demo data by default, or a MovieLens folder
 (`movielens`) with optional `overviews` / `posters` / `audio` / `video`, or a generic
-`catalog` + `interactions` pair. Empty params are simply not passed on.
+`catalog` + `interactions` pair. Empty params are simply not passed on. Every param is validated when
+a run is triggered, by the same rules as the jobs' flags (`jobs.arguments`).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def run_report(ds: str | None = None, params: dict | None = None) -> str:
 
 # Every Param is checked when a run is triggered, before any task starts, by the rules the jobs' flags
 # use (jobs.arguments); an empty path means "not given".
-path = arguments.INPUT_PATH.optional_param_schema()
+input_path_schema = arguments.INPUT_PATH.optional_param_schema()
 
 with DAG(
     dag_id="modalrank_nightly",
@@ -158,18 +160,24 @@ with DAG(
             "required for an s3a:// or hdfs:// lake)",
         ),
         "catalog": Param(
-            str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file", **path
+            str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file", **input_path_schema
         ),
         "interactions": Param(
-            str(DEMO_DATA / "interactions.csv"), type="string", description="generic interactions file", **path
+            str(DEMO_DATA / "interactions.csv"),
+            type="string",
+            description="generic interactions file",
+            **input_path_schema,
         ),
         "movielens": Param(
-            "", type="string", description="MovieLens folder (instead of catalog + interactions)", **path
+            "",
+            type="string",
+            description="MovieLens folder (instead of catalog + interactions)",
+            **input_path_schema,
         ),
-        "overviews": Param("", type="string", description="CSV of item id + overview", **path),
-        "posters": Param("", type="string", description="folder of <item_id>.jpg|png", **path),
-        "audio": Param("", type="string", description="folder of <item_id>.wav|…", **path),
-        "video": Param("", type="string", description="folder of <item_id>.mp4|…", **path),
+        "overviews": Param("", type="string", description="CSV of item id + overview", **input_path_schema),
+        "posters": Param("", type="string", description="folder of <item_id>.jpg|png", **input_path_schema),
+        "audio": Param("", type="string", description="folder of <item_id>.wav|…", **input_path_schema),
+        "video": Param("", type="string", description="folder of <item_id>.mp4|…", **input_path_schema),
         "force_extract": Param(False, type="boolean", description="recompute every item's features"),
         "dataset": Param(
             "demo",
