@@ -23,7 +23,6 @@ This module never knows what an artifact means; the jobs decide names and conten
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -34,7 +33,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.faults import crash_point
@@ -319,14 +318,3 @@ def update_pointer(path: Path, payload: dict, replaces: Callable[[dict | None], 
             return False
         write_json(path, payload, indent=None)
         return True
-
-
-@contextlib.contextmanager
-def run_folder(parent: Path, run_id: str) -> Iterator[Path]:
-    """`parent/<run_id>/`, removed when the block ends (whatever happened inside it)."""
-    folder = Path(parent) / run_id
-    folder.mkdir(parents=True, exist_ok=False)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

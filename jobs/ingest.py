@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import lake, sources
+from jobs import artifacts, lake, lease, sources
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
@@ -519,7 +519,7 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         "items_ingested": report.items_ingested,
         "interactions_ingested": report.interactions_ingested,
     }
-    (folder / "ingest.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    artifacts.write_text(folder / "ingest.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     lines = [
         f"# Ingest report — run date {report.ds}",
         "",
@@ -551,7 +551,7 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         ]
     else:
         lines.append("None.")
-    (folder / "ingest.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / "ingest.md", "\n".join(lines) + "\n")
     return folder / "ingest.md"
 
 
@@ -614,7 +614,11 @@ def run_from_args(args: argparse.Namespace) -> IngestReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
     request = request_from_args(args)
-    with spark_session("modalrank-ingest", config) as spark:
+    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    with (
+        lease.lease(config, lease.date_key(args.ds), "ingest"),
+        spark_session("modalrank-ingest", config) as spark,
+    ):
         report = run_ingest(spark, config, request)
     log_report(report)
     return report

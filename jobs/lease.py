@@ -14,10 +14,13 @@ the holder writes after taking the lock and the waiter reads for its message. Lo
 (deleting a lock file that someone else has open and is about to lock would split the lease in two).
 
 Shared mounts (the artifacts folder of an s3a:// or hdfs:// lake): on Linux, flock on NFS is emulated with
-POSIX byte-range locks, which NFSv3 (through lockd/NLM) and NFSv4 (in the protocol) enforce across
-clients; when a client machine dies, the server frees its locks when the client's NFS lease lapses (90 s by
-default on NFSv4). A mount with `-o nolock` or `local_lock=flock|all` keeps locks on one machine only:
-leases then guard runs on the same machine only, so do not mount the artifacts folder that way.
+POSIX byte-range locks (since 2.6.12), which NFSv4 (in the protocol) and NFSv3 (through lockd/NLM and
+statd) enforce across client machines. A killed process's lock is released by its own kernel at once, as
+locally. When a whole client machine dies, NFSv4 frees its locks when that client's lease lapses (90 s by
+default); NFSv3 frees them only when the machine comes back and statd tells the server, so a machine lost for
+good can leave a lease held until an administrator clears its locks on the server. A mount with `-o nolock`
+or `local_lock=flock|all` keeps locks on one machine: leases then guard runs on that machine only, so do not
+mount the artifacts folder that way.
 
 Leases are reentrant within a process (a backfill running train then publish for one date, or a job that
 takes its lease both in its CLI entry and in its run function, holds it once).
