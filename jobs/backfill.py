@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from jobs import arguments
+from jobs import arguments, lease
 from jobs.arguments import dataset_label, positive_int
 from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
 from jobs.ingest import IngestRequest
@@ -95,31 +95,35 @@ def run_date(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan, ds
         log.info("backfill %s: %s done in %.1f s", ds, name, result.seconds[name])
         return outcome
 
-    try:
-        if "ingest" in plan.stages and plan.sources is not None:
-            stage("ingest", lambda: run_ingest(spark, config, dataclasses.replace(plan.sources, ds=ds)))
-        if "extract" in plan.stages:
-            for modality in plan.modalities:
-                stage(
-                    f"extract_{modality}", lambda m=modality: run_extract(spark, config, m, ds, plan.force_extract)
-                )
-            for name, vectors in sorted(config.imported_vectors.items()):
-                stage(f"import_{name}", lambda n=name, v=vectors: run_import(spark, config, n, v, ds))
-        if "fuse" in plan.stages:
-            stage("fuse", lambda: run_fuse(spark, config, ds))
-        if "train" in plan.stages:
-            trained = stage("train", lambda: run_train(spark, config, ds, every_days=plan.train_every_days))
-            result.model_version = trained.version
-        if "evaluate" in plan.stages:
-            stage("evaluate", lambda: run_evaluate(spark, config, ds, plan.dataset))
-        if "publish" in plan.stages:
-            published = stage("publish", lambda: run_publish(spark, config, ds, k=plan.k))
-            result.published_rows = published.rows
-    finally:
-        # Like the DAG's teardown: the date's report is written whether its stages passed or not.
-        if "report" in plan.stages:
-            stage("report", lambda: write_run_report(config, ds))
-    return result
+    # The date's lease for all its stages (each stage's own lease of the date is then held already): a
+    # scheduler's run of the same date waits for this one, and the other way round.
+    with lease.lease(config, lease.date_key(ds), "backfill"):
+        try:
+            if "ingest" in plan.stages and plan.sources is not None:
+                stage("ingest", lambda: run_ingest(spark, config, dataclasses.replace(plan.sources, ds=ds)))
+            if "extract" in plan.stages:
+                for modality in plan.modalities:
+                    stage(
+                        f"extract_{modality}",
+                        lambda m=modality: run_extract(spark, config, m, ds, plan.force_extract),
+                    )
+                for name, vectors in sorted(config.imported_vectors.items()):
+                    stage(f"import_{name}", lambda n=name, v=vectors: run_import(spark, config, n, v, ds))
+            if "fuse" in plan.stages:
+                stage("fuse", lambda: run_fuse(spark, config, ds))
+            if "train" in plan.stages:
+                trained = stage("train", lambda: run_train(spark, config, ds, every_days=plan.train_every_days))
+                result.model_version = trained.version
+            if "evaluate" in plan.stages:
+                stage("evaluate", lambda: run_evaluate(spark, config, ds, plan.dataset))
+            if "publish" in plan.stages:
+                published = stage("publish", lambda: run_publish(spark, config, ds, k=plan.k))
+                result.published_rows = published.rows
+        finally:
+            # Like the DAG's teardown: the date's report is written whether its stages passed or not.
+            if "report" in plan.stages:
+                stage("report", lambda: write_run_report(config, ds))
+        return result
 
 
 def run_backfill(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan) -> list[DateResult]:

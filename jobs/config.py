@@ -46,6 +46,9 @@ class PipelineConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
     # Precomputed vector files imported as modalities of their own: {name: CSV or Parquet path}.
     imported_vectors: dict[str, str] = field(default_factory=dict)
+    # How long a job waits for the run lease of its date (`jobs.lease`) while another run of the same date
+    # (or training week) holds it, before failing with a message that names the holder.
+    lease_timeout_seconds: int = 600
 
     def __post_init__(self) -> None:
         # However the value came (flag, Param, environment, code): a lake path becomes table identifiers
@@ -123,6 +126,12 @@ def add_lake_arguments(parser: argparse.ArgumentParser) -> None:
         help="local or mounted folder for _models/ and _reports/ (default: $MODALRANK_ARTIFACTS, else the "
         "lake's own folder; required for an s3a:// or hdfs:// lake)",
     )
+    parser.add_argument(
+        "--lease-timeout",
+        type=lambda text: int(text) if text else None,
+        help="seconds to wait while another run holds this date's lease, then fail naming it "
+        "(default: $MODALRANK_LEASE_TIMEOUT_SECONDS, else 600)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +142,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_run_config(args: argparse.Namespace, **overrides: object) -> PipelineConfig:
     """The config for a command line that took `add_lake_arguments`."""
-    return load_config(lake=args.lake, artifacts=args.artifacts, **overrides)
+    return load_config(
+        lake=args.lake,
+        artifacts=args.artifacts,
+        lease_timeout_seconds=getattr(args, "lease_timeout", None),
+        **overrides,
+    )
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -153,6 +167,7 @@ _ENV_FIELDS = {
     "MODALRANK_SPARK_UI": "spark_ui",
     "MODALRANK_JARS_DIR": "jars_dir",
     "MODALRANK_IMPORTED_VECTORS": "imported_vectors",  # JSON: {"mmtf_avf": "/data/mmtf/avf.csv"}
+    "MODALRANK_LEASE_TIMEOUT_SECONDS": "lease_timeout_seconds",
 }
 
 

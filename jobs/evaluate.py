@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from jobs import lake
+from jobs import artifacts, lake, lease
 from jobs.arguments import DATASET, dataset_label
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import (
@@ -288,7 +288,7 @@ def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.Da
         "targets": report.targets, "notes": report.notes,
         "metrics": metrics.assign(ds=report.ds).to_dict(orient="records"),
     }  # fmt: skip
-    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    artifacts.write_text(folder / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")
     lines = [f"# Evaluate {report.dataset} — run date {report.ds}", "", f"Took {report.seconds} s.", ""]
     for protocol, table in report.tables.items():
         lines += [f"## {protocol}", "", table, ""]
@@ -297,7 +297,7 @@ def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.Da
         f"| {t['protocol']} | {t['description']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
         for t in report.targets
     ]
-    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / f"{name}.md", "\n".join(lines) + "\n")
     return folder / f"{name}.html"
 
 
@@ -328,7 +328,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> EvaluateReport:
     config = load_run_config(args)
-    with spark_session("modalrank-evaluate", config) as spark:
+    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    with (
+        lease.lease(config, lease.date_key(args.ds), "evaluate"),
+        spark_session("modalrank-evaluate", config) as spark,
+    ):
         report = run_evaluate(
             spark, config, args.ds, args.dataset, tuple(args.protocols), seed=args.seed, ablation=args.ablation
         )

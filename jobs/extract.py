@@ -28,7 +28,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
+from jobs import artifacts, lake, lease
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
@@ -333,7 +333,7 @@ def write_report(config: PipelineConfig, report: ExtractReport) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"extract_{report.modality}"
     payload = asdict(report) | {"items_per_second": round(report.items_per_second, 2)}
-    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    artifacts.write_text(folder / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     lines = [
         f"# Extract {report.modality} — run date {report.ds}",
         "",
@@ -353,7 +353,7 @@ def write_report(config: PipelineConfig, report: ExtractReport) -> Path:
         lines += [f"| {reason} | {n} |" for reason, n in report.failed_by_reason.items()]
     else:
         lines.append("None.")
-    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / f"{name}.md", "\n".join(lines) + "\n")
     return folder / f"{name}.md"
 
 
@@ -393,7 +393,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
-    with spark_session(f"modalrank-extract-{args.modality}", config) as spark:
+    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    with (
+        lease.lease(config, lease.date_key(args.ds), f"extract {args.modality}"),
+        spark_session(f"modalrank-extract-{args.modality}", config) as spark,
+    ):
         report = run_extract(spark, config, args.modality, args.ds, force=args.force)
     log_report(report)
     return report

@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -38,9 +37,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.fusion import METHOD, Fusion, fit_projection
-from jobs import lake
+from jobs import artifacts, lake, lease
 from jobs.arguments import modality_name
+from jobs.artifacts import build_artifact
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.faults import crash_point
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, ITEM_VECTORS, features_table
 from jobs.spark import job_main, spark_session
@@ -209,38 +210,30 @@ def models_dir(config: PipelineConfig) -> Path:
     return config.models_dir / "fusion"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write through `write(temporary_path)`, then rename over `path`: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    _replace_atomically(path, lambda temp: temp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
-
-
 def save_artifact(folder: Path, fusion: Fusion, meta: dict) -> None:
-    """The projections, then their description, then the pointer: a crash leaves the old pointer."""
+    """The projections and their description as one artifact folder (`jobs.artifacts`: built aside,
+    manifest last, renamed whole), then the pointer: a crash before the pointer leaves the old one."""
     target = folder / meta["fusion_version"]
-    target.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(target / ARTIFACT_FILE, fusion.save)
-    _write_json(target / META_FILE, meta)
-    _write_json(folder / POINTER_FILE, {"fusion_version": meta["fusion_version"]})
+
+    def write(temporary: Path) -> None:
+        fusion.save(temporary / ARTIFACT_FILE)
+        (temporary / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    build_artifact(
+        target, write, {"kind": "fusion", "version": meta["fusion_version"]}, crash_prefix="fuse.projections"
+    )
+    crash_point("fuse.artifact_saved")
+    artifacts.update_pointer(folder / POINTER_FILE, {"fusion_version": meta["fusion_version"]})
 
 
 def current_artifact(folder: Path) -> tuple[Fusion, dict] | None:
-    """The artifact current.json points at, or None when there is none (or it is incomplete)."""
-    pointer = folder / POINTER_FILE
-    if not pointer.is_file():
+    """The artifact current.json points at, or None when there is none (or it does not verify)."""
+    pointer = artifacts.read_json(folder / POINTER_FILE)
+    if pointer is None:
         return None
-    version = json.loads(pointer.read_text())["fusion_version"]
-    target = folder / version
-    if not (target / META_FILE).is_file() or not (target / ARTIFACT_FILE).is_file():
-        log.warning("%s names %s, which is incomplete: fitting afresh", pointer, target)
+    target = folder / pointer["fusion_version"]
+    if not artifacts.is_verified(target, "reuse"):
+        log.warning("%s names %s, which does not verify: fitting afresh", folder / POINTER_FILE, target)
         return None
     meta = json.loads((target / META_FILE).read_text())
     return Fusion.load(meta["layout"], target / ARTIFACT_FILE), meta
@@ -348,6 +341,20 @@ def run_fuse(
     max_fit_items: int = DEFAULT_MAX_FIT_ITEMS,
     modalities: list[str] | None = None,
 ) -> FuseReport:
+    """Fit or reuse the projections and rewrite `item_vectors`, holding the lease of `ds`."""
+    with lease.lease(config, lease.date_key(ds), "fuse"):
+        return _run_fuse(spark, config, ds, refit, block_dim, max_fit_items, modalities)
+
+
+def _run_fuse(
+    spark: SparkSession,
+    config: PipelineConfig,
+    ds: dt.date,
+    refit: bool = False,
+    block_dim: int = DEFAULT_BLOCK_DIM,
+    max_fit_items: int = DEFAULT_MAX_FIT_ITEMS,
+    modalities: list[str] | None = None,
+) -> FuseReport:
     started = time.monotonic()
     report = FuseReport(ds.isoformat())
     folder = models_dir(config)
@@ -422,6 +429,7 @@ def run_fuse(
             .option("partitionOverwriteMode", "static")
             .save(config.table_path(ITEM_VECTORS.name))
         )
+    crash_point("fuse.table_written")
     report.write_seconds = round(time.monotonic() - write_started, 2)
     _count_items(spark, config, report)
     report.seconds = round(time.monotonic() - started, 1)
@@ -442,8 +450,7 @@ def _count_items(spark: SparkSession, config: PipelineConfig, report: FuseReport
 
 def write_report(config: PipelineConfig, report: FuseReport) -> Path:
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fuse.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
+    artifacts.write_json(folder / "fuse.json", asdict(report))
     how = {
         "reused": f"reused: fitted on {report.fitted_ds}",
         "fitted": "fitted on this run: no current fusion matched these modalities, extractors and block size",
@@ -472,7 +479,7 @@ def write_report(config: PipelineConfig, report: FuseReport) -> Path:
         lines += [f"| {m} | {why} |" for m, why in report.skipped_modalities.items()]
     else:
         lines.append("None.")
-    (folder / "fuse.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / "fuse.md", "\n".join(lines) + "\n")
     return folder / "fuse.md"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake, sources
+from jobs import lake, lease, sources
 from jobs.arguments import input_path, modality_name
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.extract import ExtractReport, log_report, write_report
@@ -168,7 +168,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
-    with spark_session(f"modalrank-import-{args.name}", config) as spark:
+    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    with (
+        lease.lease(config, lease.date_key(args.ds), f"import {args.name}"),
+        spark_session(f"modalrank-import-{args.name}", config) as spark,
+    ):
         report = run_import(spark, config, args.name, args.vectors, args.ds)
     log_report(report)
     return report

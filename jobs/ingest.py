@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import lake, sources
+from jobs import artifacts, lake, lease, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
@@ -520,7 +520,7 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         "items_ingested": report.items_ingested,
         "interactions_ingested": report.interactions_ingested,
     }
-    (folder / "ingest.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    artifacts.write_text(folder / "ingest.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     lines = [
         f"# Ingest report — run date {report.ds}",
         "",
@@ -552,7 +552,7 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         ]
     else:
         lines.append("None.")
-    (folder / "ingest.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / "ingest.md", "\n".join(lines) + "\n")
     return folder / "ingest.md"
 
 
@@ -615,7 +615,11 @@ def run_from_args(args: argparse.Namespace) -> IngestReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
     request = request_from_args(args)
-    with spark_session("modalrank-ingest", config) as spark:
+    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    with (
+        lease.lease(config, lease.date_key(args.ds), "ingest"),
+        spark_session("modalrank-ingest", config) as spark,
+    ):
         report = run_ingest(spark, config, request)
     log_report(report)
     return report

@@ -5,11 +5,12 @@ What analysts and services read is what this job writes, so nothing reaches the 
    `train` chose for `ds` (`<artifacts>/_models/ranker/by_ds/<ds>.json`, or `--model-version`), then refit the serving base
    models once on the driver, as the README's ranker section says (they are a function of the lake
    as of the date, so they are refit where the ranker is used rather than stored with it).
-2. Score in Spark: the base models and the item side go to `<artifacts>/_models/serving/<ds>/` as
-   safetensors + JSON (no pickle); user indices are spread over partitions in fixed blocks of 256,
+2. Score in Spark: the base models and the item side go to `<artifacts>/_models/serving/<ds>/<run id>/`
+   as safetensors + JSON (no pickle; one verified artifact folder of `jobs.artifacts`, this run's own); user indices are spread over partitions in fixed blocks of 256,
    and each Python worker loads the artifacts once, scores its blocks and emits their top K. No
-   process ever holds a users × items score matrix for all users: a block is 256 rows. The folder
-   is removed when the job ends (`--keep-serving` keeps it for debugging).
+   process ever holds a users × items score matrix for all users: a block is 256 rows. The run removes
+   its own folder when it ends (`--keep-serving` keeps it for debugging); folders of killed runs are
+   removed by a later publish (`clean_stale_serving`).
 3. Gate: `check_lists` checks the materialised lists (row counts, duplicates, seen, unknown and
    unavailable items, finite scores, ranks and order, drift against the previous published date,
    catalog coverage). Any failed check writes nothing, records the checks in the report and raises
@@ -33,11 +34,13 @@ Run by the DAG through spark-submit, by `modalrank publish`, or by hand:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -52,9 +55,10 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs import lake
+from jobs import artifacts, lake, lease
 from jobs.arguments import optional_model_version, positive_int, share
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
+from jobs.faults import crash_point
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.spark import FailWithoutRetry, job_main, spark_session, threads_per_task
@@ -71,6 +75,9 @@ USERS_PER_BLOCK = 256
 BLOCKS_PER_TASK = 16
 # The worker's output: one row per (user, rank).
 LIST_SCHEMA = "user_id long, rank int, item_id long, score double"
+# Serving folders of other dates whose lease is free are removed once they are this old (see
+# `clean_stale_serving`): a dead run's leftovers, or a folder kept with --keep-serving a while ago.
+STALE_SERVING_SECONDS = 6 * 3600
 
 
 class PublishGateError(FailWithoutRetry, ValueError):
@@ -139,15 +146,20 @@ def ranker_folder(config: PipelineConfig, ds: dt.date, model_version: str | None
     root = config.models_dir / "ranker"
     if model_version is None:
         pointer = date_pointer(config, ds)
-        if not pointer.is_file():
-            pointer = root / "current.json"
-        if not pointer.is_file():
+        named = artifacts.read_json(pointer) or artifacts.read_json(root / "current.json")
+        if named is None:
             raise FileNotFoundError(f"no trained ranker in {root} (no current.json): run train first")
-        model_version = json.loads(pointer.read_text())["version"]
+        model_version = named["version"]
     folder = root / model_version
-    if not (folder / "ranker.json").is_file() or not (folder / "ranker.safetensors").is_file():
+    if not folder.is_dir():
         raise FileNotFoundError(
             f"ranker {model_version} is not saved in {root}: run train first, or name a saved --model-version"
+        )
+    # Never serve a partial or foreign ranker: train for the date again, which rebuilds it.
+    problems = artifacts.verify(folder)
+    if problems:
+        raise artifacts.ArtifactError(
+            f"ranker {model_version} in {root} does not verify ({'; '.join(problems)}): rerun train for {ds}"
         )
     return folder
 
@@ -155,22 +167,71 @@ def ranker_folder(config: PipelineConfig, ds: dt.date, model_version: str | None
 def save_serving_artifact(
     folder: Path, base, items, user_ids: np.ndarray, item_ids: np.ndarray, eligible_items: np.ndarray
 ) -> int:
-    """Base models, item side and the id maps into `folder`; returns the bytes written."""
+    """Base models, item side and the id maps as one artifact folder (`jobs.artifacts`); returns the bytes
+    written."""
     from safetensors.numpy import save_file
 
     from jobs.ranking.ranker import save_base_models, save_item_side
 
-    folder.mkdir(parents=True, exist_ok=True)
-    save_base_models(base, folder / "base.safetensors")
-    save_item_side(items, folder / "items.safetensors")
-    ids = {
-        "user_ids": np.ascontiguousarray(user_ids, dtype=np.int64),
-        "item_ids": np.ascontiguousarray(item_ids, dtype=np.int64),
-        "eligible_items": np.ascontiguousarray(eligible_items, dtype=bool),
-    }
-    save_file(ids, str(folder / ".ids.tmp"))
-    (folder / ".ids.tmp").replace(folder / "ids.safetensors")
+    def write(temporary: Path) -> None:
+        save_base_models(base, temporary / "base.safetensors")
+        save_item_side(items, temporary / "items.safetensors")
+        ids = {
+            "user_ids": np.ascontiguousarray(user_ids, dtype=np.int64),
+            "item_ids": np.ascontiguousarray(item_ids, dtype=np.int64),
+            "eligible_items": np.ascontiguousarray(eligible_items, dtype=bool),
+        }
+        save_file(ids, str(temporary / "ids.safetensors"))
+
+    artifacts.build_artifact(folder, write, {"kind": "serving"}, crash_prefix="publish.serving")
     return sum(path.stat().st_size for path in folder.iterdir())
+
+
+def serving_root(config: PipelineConfig) -> Path:
+    """`_models/serving/`: one folder per run date, one per publish run inside it."""
+    return config.models_dir / "serving"
+
+
+def new_serving_folder(config: PipelineConfig, ds: dt.date) -> Path:
+    """`_models/serving/<ds>/<run id>/`: this run's own, so no other run ever loads or removes it."""
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return serving_root(config) / ds.isoformat() / run_id
+
+
+def clean_stale_serving(config: PipelineConfig, ds: dt.date, own: Path) -> int:
+    """Remove serving folders of publish runs that died (killed runs never reach their `finally`).
+
+    A publish holds its date's lease for its whole life, so under that lease every other folder of `ds`
+    belongs to a dead run (or was kept with `--keep-serving`, until this next publish of the date). Other
+    dates' folders go only when that date's lease is free at the moment and they are older than
+    `STALE_SERVING_SECONDS`. Returns the number of folders removed."""
+    root, removed = serving_root(config), 0
+    if not root.is_dir():
+        return 0
+    for date_folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            folder_ds = dt.date.fromisoformat(date_folder.name)
+        except ValueError:
+            continue  # not a run date: nothing this job made
+        if folder_ds == ds:
+            stale = [p for p in date_folder.iterdir() if p != own]
+        elif lease.is_free(config, lease.date_key(folder_ds)):
+            cutoff = time.time() - STALE_SERVING_SECONDS
+            stale = [p for p in date_folder.iterdir() if p.lstat().st_mtime < cutoff]
+        else:
+            continue
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+        if folder_ds != ds:
+            with contextlib.suppress(OSError):
+                date_folder.rmdir()  # only when empty
+    if removed:
+        log.info("publish: removed %d serving folders left by runs that died", removed)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,7 +263,7 @@ def _worker_serving(plan: ServingPlan) -> Served:
     if plan.token not in _worker_served:
         _worker_served.clear()  # an earlier run's models: free them before loading this run's
         started = time.monotonic()
-        folder = Path(plan.folder)
+        folder = artifacts.require_verified(Path(plan.folder))  # this run's own artifact, whole
         items = load_item_side(folder / "items.safetensors")
         base = load_base_models(folder / "base.safetensors")
         ids = load_file(str(folder / "ids.safetensors"))
@@ -552,6 +613,21 @@ def run_publish(
     min_coverage: float = 0.0,
     keep_serving: bool = False,
 ) -> PublishReport:
+    """Score, gate and write the run date's lists, holding the lease of `ds` (`jobs.lease`)."""
+    with lease.lease(config, lease.date_key(ds), "publish"):
+        return _run_publish(spark, config, ds, k, model_version, max_changed_share, min_coverage, keep_serving)
+
+
+def _run_publish(
+    spark: SparkSession,
+    config: PipelineConfig,
+    ds: dt.date,
+    k: int = DEFAULT_K,
+    model_version: str | None = None,
+    max_changed_share: float = 1.0,
+    min_coverage: float = 0.0,
+    keep_serving: bool = False,
+) -> PublishReport:
     """Score, gate and write the run date's lists (the module docstring has the steps).
 
     The report is written whether the gate passes or not; a failed gate raises `PublishGateError`
@@ -564,7 +640,7 @@ def run_publish(
     started = time.monotonic()
     report = PublishReport(ds.isoformat(), k, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     folder = ranker_folder(config, ds, model_version)  # fails before any work when there is no ranker
-    card = json.loads((folder / "ranker.json").read_text())
+    card = json.loads((folder / "ranker.json").read_text())  # verified by ranker_folder
     report.model_version = card.get("version", folder.name)
     report.ranker_artifact, report.trained_ds = str(folder), card.get("trained_ds", "")
 
@@ -600,7 +676,8 @@ def run_publish(
         ds, report.model_version, n_users, report.eligible_items, len(data.item_ids), k, report.short_lists,
     )  # fmt: skip
 
-    serving = config.models_dir / "serving" / ds.isoformat()
+    serving = new_serving_folder(config, ds)
+    clean_stale_serving(config, ds, serving)
     try:
         with _phase(report, "save serving artifact"):
             size = save_serving_artifact(serving, base, loaded.items, data.user_ids, data.item_ids, eligible_items)
@@ -630,6 +707,7 @@ def run_publish(
             )
             # Scored once: the gate and the write see the same rows.
             rows = rows.localCheckpoint(eager=True)
+        crash_point("publish.scored")
         with _phase(report, "gate"):
             report.rows = rows.count()
             listed = {r.item_id for r in rows.select("item_id").distinct().collect()}
@@ -664,8 +742,10 @@ def run_publish(
                 f"(report: {path})"
             )
 
+        crash_point("publish.gated")
         with _phase(report, "write"):
             lake.replace_where(spark, config, RECOMMENDATIONS, rows, lake.rows_of(ds=ds))
+        crash_point("publish.committed")
         report.published = True
         report.table_version = table_version(spark, config)
         log.info(
@@ -676,8 +756,10 @@ def run_publish(
             report.table_version,
         )
     finally:
-        if not keep_serving:
+        if not keep_serving:  # only this run's folder: another run of any date may be scoring from its own
             shutil.rmtree(serving, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                serving.parent.rmdir()  # the date's folder, when no other run of it left one
     report.seconds = round(time.monotonic() - started, 1)
     write_report(config, report)
     return report
@@ -686,8 +768,7 @@ def run_publish(
 def write_report(config: PipelineConfig, report: PublishReport) -> Path:
     """`publish.json` and `publish.md` in the date's report folder; written on success and on a gate failure."""
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "publish.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True, default=str) + "\n")
+    artifacts.write_json(folder / "publish.json", asdict(report))
     outcome = (
         f"Published {report.rows} rows (table version {report.table_version})."
         if report.published
@@ -723,7 +804,7 @@ def write_report(config: PipelineConfig, report: PublishReport) -> Path:
     ]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
-    (folder / "publish.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / "publish.md", "\n".join(lines) + "\n")
     return folder / "publish.md"
 
 
@@ -750,7 +831,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fail the gate when fewer than this share of available items is in any list (default: never)",
     )
-    parser.add_argument("--keep-serving", action="store_true", help="keep _models/serving/<ds>/ after the run")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep this run's _models/serving/<ds>/<run id>/ after the run (until the next publish of <ds>)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> PublishReport:

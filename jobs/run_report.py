@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from features.registry import BUILT_IN
+from jobs import artifacts
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 
 # The evaluation report's table and image helpers, so both pages look and escape alike.
@@ -462,9 +463,9 @@ def write_run_report(config: PipelineConfig, ds: dt.date) -> RunReport:
         ds.isoformat(), generated_at, reports, quarantine, sorted(config.imported_vectors), files
     )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps(asdict(run), indent=2, default=str) + "\n")
-    (folder / "run.md").write_text(render_markdown(run))
-    (folder / "run.html").write_text(render_html(run), encoding="utf-8")
+    artifacts.write_text(folder / "run.json", json.dumps(asdict(run), indent=2, default=str) + "\n")
+    artifacts.write_text(folder / "run.md", render_markdown(run))
+    artifacts.write_text(folder / "run.html", render_html(run))
     for problem in run.problems:
         log.warning("run %s: %s", run.ds, problem)
     return run

@@ -3,7 +3,8 @@
 Reads `interactions` (events up to the end of `ds` only, so a backfilled date never sees its future),
 `catalog` (genres) and `item_vectors` (the fused content), fits `jobs.ranking.ranker.HybridRanker`
 with a chronological inner split (the nightly job predicts what users do next), and writes
-`<artifacts>/_models/ranker/<version>/ranker.safetensors` + `ranker.json`. Training runs on the driver with
+`<artifacts>/_models/ranker/<version>/ranker.safetensors` + `ranker.json` + `manifest.json` (one artifact
+folder of `jobs.artifacts`: reused only when it verifies). Training runs on the driver with
 torch; the data is collected once as index arrays (see the README for how it moves to more machines).
 
 Cadence: with `--every-days N` the network is trained only on a fixed grid of dates (ordinal days
@@ -17,6 +18,9 @@ interactions.)
 
 Pointers: `_models/ranker/by_ds/<ds>.json` names the model for run date `ds` (what `jobs.publish`
 serves), and `_models/ranker/current.json` the model of the newest run date so far.
+
+Leases (`jobs.lease`): a run holds the lease of `ds` and of its training date, so the nightly run and a
+backfill of the same date, or of two dates of one training week, never interleave their writes.
 
 Run by the DAG through spark-submit, by `modalrank train`, or by hand:
     spark-submit jobs/train.py --ds 2026-11-25 [--every-days 7]
@@ -38,9 +42,10 @@ import scipy.sparse as sp
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
+from jobs import artifacts, lake, lease
 from jobs.arguments import positive_int
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.faults import crash_point
 from jobs.ranking.baselines import ItemSide
 from jobs.ranking.data import IndexedData, index_interactions
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS
@@ -163,31 +168,40 @@ def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData
     return "ranker-" + hashlib.sha256(payload.encode() + fingerprint.digest()).hexdigest()[:12]
 
 
-def _write_pointer(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(payload, sort_keys=True) + "\n")
-    path.with_suffix(".tmp").replace(path)  # atomic: a reader sees the old pointer or the new one
-
-
 def date_pointer(config: PipelineConfig, ds: dt.date) -> Path:
     """`_models/ranker/by_ds/<ds>.json`: which model serves run date `ds`."""
     return config.models_dir / "ranker" / "by_ds" / f"{ds.isoformat()}.json"
 
 
+def current_pointer(config: PipelineConfig) -> Path:
+    """`_models/ranker/current.json`: the model of the newest run date trained so far."""
+    return config.models_dir / "ranker" / "current.json"
+
+
 def run_train(
     spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None, every_days: int = 1
+) -> TrainReport:
+    """Train (or reuse) the model for `ds` and point at it, holding the leases of `ds` and of its training
+    date: two runs of one training week never build or point at the same ranker at once."""
+    trained_ds = training_date(ds, every_days)
+    with lease.leases(config, [lease.date_key(ds), lease.training_key(trained_ds)], "train"):
+        return _run_train(spark, config, ds, trained_ds, settings, every_days)
+
+
+def _run_train(
+    spark: SparkSession, config: PipelineConfig, ds: dt.date, trained_ds: dt.date, settings, every_days: int
 ) -> TrainReport:
     from jobs.ranking.ranker import HybridRanker, RankerSettings, save_ranker
 
     started = time.monotonic()
     settings = settings or RankerSettings(inner_holdout="chrono")
-    trained_ds = training_date(ds, every_days)
     loaded = load_ranking_data(spark, config, trained_ds)
     report = TrainReport(ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts)
     report.version = ranker_version(settings, loaded.fusion_version, trained_ds, loaded.data)
     folder = config.models_dir / "ranker" / report.version
     report.artifact = str(folder)
-    if (folder / "ranker.json").is_file() and (folder / "ranker.safetensors").is_file():
+    # Reuse only what verifies against its manifest: a partial or foreign folder is trained again.
+    if artifacts.is_verified(folder, "reuse"):
         report.reused = True
         log.info(
             "ranker %s (data up to %s, every %d days) is already trained: serving it for %s",
@@ -203,15 +217,18 @@ def run_train(
             "fusion_version": loaded.fusion_version,
             "data": loaded.facts,
         }
-        save_ranker(ranker, folder, metadata)
+        save_ranker(ranker, folder, metadata, crash_prefix="train.ranker")
         report.best_epoch, report.epochs = ranker.log.best_epoch, ranker.log.epochs
         report.training_seconds = ranker.log.seconds
+    crash_point("train.ranker_saved")
     pointer = {"version": report.version, "ds": ds.isoformat(), "trained_ds": trained_ds.isoformat()}
-    _write_pointer(date_pointer(config, ds), pointer)
-    current = config.models_dir / "ranker" / "current.json"
-    # A backfill of older dates must not move `current` back to an older model.
-    if not current.is_file() or json.loads(current.read_text()).get("ds", "") <= ds.isoformat():
-        _write_pointer(current, pointer)
+    artifacts.write_json(date_pointer(config, ds), pointer, indent=None)
+    crash_point("train.date_pointer_written")
+    # A backfill of older dates must not move `current` back to an older model; the comparison and the
+    # write happen under the pointer's lock, since runs of other dates move it too.
+    artifacts.update_pointer(
+        current_pointer(config), pointer, replaces=lambda now: now is None or now.get("ds", "") <= ds.isoformat()
+    )
     report.seconds = round(time.monotonic() - started, 1)
     write_report(config, report)
     return report
@@ -219,8 +236,7 @@ def run_train(
 
 def write_report(config: PipelineConfig, report: TrainReport) -> Path:
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.json").write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
+    artifacts.write_json(folder / "train.json", asdict(report))
     lines = [
         f"# Train ranker — run date {report.ds}",
         "",
@@ -241,7 +257,7 @@ def write_report(config: PipelineConfig, report: TrainReport) -> Path:
         "|---:|---:|---:|---:|",
         *(f"| {e['epoch']} | {e['loss']} | {e['val_ndcg@10']} | {e['val_cold_ndcg@20']} |" for e in report.epochs),
     ]
-    (folder / "train.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(folder / "train.md", "\n".join(lines) + "\n")
     return folder / "train.md"
 
 

@@ -731,20 +731,19 @@ def fit_variants(
 # Artifacts: weights as safetensors, everything else as JSON (no pickled objects)
 
 
-def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict) -> Path:
-    """Write `ranker.safetensors` and `ranker.json` into `folder` (each written whole, then renamed)."""
+def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict, crash_prefix: str = "ranker") -> Path:
+    """Write `ranker.safetensors` and `ranker.json` as one artifact folder (`jobs.artifacts`): built aside,
+    manifest last, renamed into place whole, so `folder` never holds half a ranker."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from jobs.artifacts import build_artifact
+
     tensors = {f"net.{name}": value.contiguous() for name, value in ranker.net.state_dict().items()}
     tensors |= {
         "columns": torch.from_numpy(ranker.columns.astype(np.int64)),
         "feature_mean": torch.from_numpy(ranker.mean),
         "feature_std": torch.from_numpy(ranker.std),
     }
-    weights = folder / "ranker.safetensors"
-    save_file(tensors, str(weights.with_suffix(".tmp")))
-    weights.with_suffix(".tmp").replace(weights)
     description = {
         "name": ranker.name,
         "settings": dataclasses.asdict(ranker.settings),
@@ -752,10 +751,13 @@ def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict) -> Path:
         "feature_names": ranker.feature_names,
         "training": dataclasses.asdict(ranker.log),
     } | metadata
-    card = folder / "ranker.json"
-    card.with_suffix(".tmp").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-    card.with_suffix(".tmp").replace(card)
-    return folder
+
+    def write(temporary: Path) -> None:
+        save_file(tensors, str(temporary / "ranker.safetensors"))
+        (temporary / "ranker.json").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+    meta = {"kind": "ranker", "version": metadata.get("version", folder.name)}
+    return build_artifact(folder, write, meta, crash_prefix=crash_prefix)
 
 
 def load_ranker(folder: Path, items: ItemSide, base: BaseModels) -> HybridRanker:

@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jobs.artifacts import write_text
 from jobs.ranking.metrics import METRIC_NAMES
 
 METRICS_COLUMNS = ("dataset", "protocol", "model", "metric", "k", "value", "users")
@@ -401,6 +402,5 @@ def write_evaluation_report(path: Path, metrics: pd.DataFrame, context: dict) ->
     """
     path = Path(path)
     text = render_evaluation_report(metrics, context)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text)
     return path

@@ -1,0 +1,253 @@
+"""kill -9 between the writes of fuse, train and publish, then a rerun: the same tables and artifacts as a run
+that was never interrupted. And real job processes racing on one date and on two dates of one training week.
+
+One small lake (conftest's SMALL_DEMO, one imported modality) is built and run once in-process: the
+baseline. Each crash test runs a job as its own process (`python -m jobs.<stage>`) with
+`MODALRANK_CRASH_AT` naming a crash point (`jobs.faults`: SIGKILL, no cleanup), checks what the dead run
+left, reruns the stage in-process and compares with the baseline: table rows, artifact checksums from the
+manifests, pointers. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
+tables are what they read; their artifacts are what they write), so every test starts from nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO_ROOT, SMALL_DEMO, ingest_with_taste_vectors
+
+from jobs import artifacts, lake
+from jobs.config import PipelineConfig, load_config
+from jobs.schemas import ITEM_VECTORS, RECOMMENDATIONS
+
+pytestmark = pytest.mark.spark
+
+DS = SMALL_DEMO.end_date
+K = 10
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What an uninterrupted fuse → train → publish of DS left."""
+
+    config: PipelineConfig
+    fusion_version: str
+    projections: dict  # the fusion artifact's manifest checksums (fusion.json also holds the wall-clock fit time)
+    item_vectors: pd.DataFrame
+    ranker_version: str
+    ranker: dict  # the ranker artifact's manifest checksums
+    ranker_card: dict  # ranker.json without wall-clock timings
+    date_pointer: dict
+    recommendations: pd.DataFrame
+
+
+def vectors(spark, config) -> pd.DataFrame:
+    columns = ["item_id", "vector", "mask", "modalities", "fusion_version"]  # not fused_at: the wall clock
+    rows = lake.read_table(spark, config, ITEM_VECTORS).select(*columns).toPandas()
+    return rows.sort_values("item_id", ignore_index=True)
+
+
+def recommendations(spark, config) -> pd.DataFrame:
+    rows = lake.read_table(spark, config, RECOMMENDATIONS).where(f"ds = '{DS}'").toPandas()
+    return rows.sort_values(["user_id", "rank"], ignore_index=True)
+
+
+def table_version(spark, config) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, config.table_path(RECOMMENDATIONS.name)).history(1).first()["version"]
+
+
+def ranker_card(folder: Path) -> dict:
+    card = json.loads((folder / "ranker.json").read_text())
+    card["training"].pop("seconds")  # how long training took: the one thing a rerun may change
+    return card
+
+
+@pytest.fixture(scope="module")
+def baseline(spark, small_demo, tmp_path_factory) -> Baseline:
+    from jobs.fuse import run_fuse
+    from jobs.publish import run_publish
+    from jobs.train import date_pointer, run_train
+
+    root = tmp_path_factory.mktemp("crash")
+    config = load_config(lake=str(root / "lake"), artifacts=str(root / "baseline"), shuffle_partitions=2)
+    ingest_with_taste_vectors(spark, config, small_demo, SMALL_DEMO.clusters, DS, noise=False)
+    fused = run_fuse(spark, config, DS)
+    trained = run_train(spark, config, DS)
+    run_publish(spark, config, DS, k=K)
+    folder = Path(trained.artifact)
+    return Baseline(
+        config,
+        fused.fusion_version,
+        artifacts.manifest_checksums(Path(fused.artifact)),
+        vectors(spark, config),
+        trained.version,
+        artifacts.manifest_checksums(folder),
+        ranker_card(folder),
+        json.loads(date_pointer(config, DS).read_text()),
+        recommendations(spark, config),
+    )
+
+
+def fresh_artifacts(baseline: Baseline, name: str) -> PipelineConfig:
+    """The baseline's lake with an empty artifacts folder of its own."""
+    folder = Path(baseline.config.artifacts_dir).parent / name
+    shutil.rmtree(folder, ignore_errors=True)
+    return load_config(lake=baseline.config.lake, artifacts=str(folder), shuffle_partitions=2)
+
+
+def job_process(stage: str, config: PipelineConfig, *args: str, crash_at: str | None = None) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if key != "MODALRANK_CRASH_AT"}
+    env |= {"PYTHONPATH": str(REPO_ROOT), "MODALRANK_DRIVER_MEMORY": "1g", "MODALRANK_SHUFFLE_PARTITIONS": "2"}
+    if crash_at:
+        env["MODALRANK_CRASH_AT"] = crash_at
+    command = [sys.executable, "-m", f"jobs.{stage}", "--ds", str(args[0]), "--lake", config.lake]
+    command += ["--artifacts", str(config.artifacts_dir), *args[1:]]
+    # A session of its own: the JVM and Python workers of a killed driver are reaped with it.
+    return subprocess.Popen(
+        command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever the dead driver left running
+    return process.returncode, output
+
+
+def crash(stage: str, config: PipelineConfig, point: str, *args: str) -> str:
+    code, output = finish(job_process(stage, config, DS.isoformat(), *args, crash_at=point))
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert f"crash point {point} reached" in output
+    return output
+
+
+def dotted_leftovers(folder: Path) -> list[str]:
+    """Temporaries under `folder` (pointer lock files are meant to stay)."""
+    return sorted(str(p) for p in folder.rglob(".*") if not p.name.endswith(".lock"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kill -9, then a rerun
+
+
+# Each kill costs a job process (a Spark start): one point per write that a rerun must notice. The
+# points left out are covered without Spark (tests/test_artifacts.py kills a writer at both of
+# `build_artifact`'s points) or by tests/test_publish.py (publish killed while scoring).
+@pytest.mark.parametrize("point", ["fuse.projections.files_written"])
+def test_fuse_killed_between_its_writes_reruns_to_the_same_projections_and_vectors(spark, baseline, point):
+    from jobs.fuse import run_fuse
+
+    config = fresh_artifacts(baseline, f"fuse-{point}")
+    crash("fuse", config, point)
+    fusion = config.models_dir / "fusion"
+    assert not (fusion / "current.json").exists()  # the pointer comes last
+    assert not (fusion / baseline.fusion_version).exists()  # only a temporary folder: no artifact to reuse
+
+    report = run_fuse(spark, config, DS)
+    assert (report.projections, report.fusion_version) == ("fitted", baseline.fusion_version)  # no pointer: a fit
+    assert artifacts.verify(fusion / report.fusion_version) == []
+    checksums = artifacts.manifest_checksums(fusion / report.fusion_version)
+    assert checksums["projections.safetensors"] == baseline.projections["projections.safetensors"]
+    assert json.loads((fusion / "current.json").read_text()) == {"fusion_version": baseline.fusion_version}
+    pd.testing.assert_frame_equal(vectors(spark, config), baseline.item_vectors)
+    assert dotted_leftovers(fusion) == []
+
+
+@pytest.mark.parametrize("point", ["train.ranker.manifest_written", "train.date_pointer_written"])
+def test_train_killed_between_its_writes_reruns_to_the_same_ranker_and_pointers(spark, baseline, point):
+    from jobs.train import current_pointer, date_pointer, run_train
+
+    config = fresh_artifacts(baseline, f"train-{point}")
+    crash("train", config, point)
+    folder = config.models_dir / "ranker" / baseline.ranker_version
+    assert not current_pointer(config).exists()
+    if point == "train.ranker.manifest_written":  # the whole ranker sat in a temporary folder
+        assert not folder.exists() and not date_pointer(config, DS).exists()
+        assert len(dotted_leftovers(config.models_dir)) == 1
+    else:
+        assert artifacts.verify(folder) == [] and date_pointer(config, DS).exists()
+
+    report = run_train(spark, config, DS)
+    assert (report.version, report.reused) == (baseline.ranker_version, point == "train.date_pointer_written")
+    assert artifacts.verify(folder) == []
+    assert artifacts.manifest_checksums(folder)["ranker.safetensors"] == baseline.ranker["ranker.safetensors"]
+    assert ranker_card(folder) == baseline.ranker_card
+    assert json.loads(date_pointer(config, DS).read_text()) == baseline.date_pointer
+    assert json.loads(current_pointer(config).read_text()) == baseline.date_pointer
+    assert dotted_leftovers(config.models_dir) == []
+
+
+@pytest.mark.parametrize("point", ["publish.gated", "publish.committed"])
+def test_publish_killed_between_its_writes_reruns_to_the_same_lists(spark, baseline, point):
+    from jobs.publish import run_publish, serving_root
+
+    config = baseline.config
+    version = table_version(spark, config)
+    crash("publish", config, point, "--k", str(K))
+    committed = point == "publish.committed"
+    assert table_version(spark, config) == version + committed  # no commit before the commit point
+    pd.testing.assert_frame_equal(recommendations(spark, config), baseline.recommendations)
+    assert list((serving_root(config) / DS.isoformat()).iterdir())  # the dead run's serving folder
+
+    report = run_publish(spark, config, DS, k=K)
+    assert report.published and report.rows == len(baseline.recommendations)
+    pd.testing.assert_frame_equal(recommendations(spark, config), baseline.recommendations)
+    assert not (serving_root(config) / DS.isoformat()).exists()  # the rerun removed the dead run's folder
+    assert dotted_leftovers(config.models_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real job processes racing
+
+
+def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline):
+    """Both dates serve the model of their Sunday: one process trains it, the other waits for the training
+    date's lease and reuses it. Both finish; one verified ranker; both dates point at it."""
+    from jobs.train import date_pointer, training_date
+
+    config = fresh_artifacts(baseline, "train-race")
+    sunday = training_date(DS, 7)
+    dates = [sunday, sunday + dt.timedelta(days=1)]
+    processes = [job_process("train", config, ds.isoformat(), "--every-days", "7") for ds in dates]
+    results = [finish(process) for process in processes]
+    assert [code for code, _ in results] == [0, 0], "\n".join(output[-3000:] for _, output in results)
+
+    reports = [json.loads((config.reports_dir / ds.isoformat() / "train.json").read_text()) for ds in dates]
+    assert sorted(report["reused"] for report in reports) == [False, True]
+    pointers = [json.loads(date_pointer(config, ds).read_text()) for ds in dates]
+    assert {(p["version"], p["trained_ds"]) for p in pointers} == {(reports[0]["version"], sunday.isoformat())}
+    models = sorted(p.name for p in (config.models_dir / "ranker").iterdir() if not p.name.startswith("."))
+    assert models == sorted(["by_ds", "current.json", reports[0]["version"]])
+    assert artifacts.verify(config.models_dir / "ranker" / reports[0]["version"]) == []
+    assert json.loads((config.models_dir / "ranker" / "current.json").read_text())["ds"] == dates[1].isoformat()
+
+
+def test_two_publishes_of_one_date_racing_both_leave_the_same_lists(spark, baseline):
+    """The second run waits for the date's lease (or starts after the first ended); each scores from its
+    own serving folder, so neither removes what the other loads. Two commits, the same rows."""
+    from jobs.publish import serving_root
+
+    config = baseline.config
+    version = table_version(spark, config)
+    processes = [job_process("publish", config, DS.isoformat(), "--k", str(K)) for _ in range(2)]
+    results = [finish(process) for process in processes]
+    assert [code for code, _ in results] == [0, 0], "\n".join(output[-3000:] for _, output in results)
+    assert table_version(spark, config) == version + 2
+    pd.testing.assert_frame_equal(recommendations(spark, config), baseline.recommendations)
+    assert not (serving_root(config) / DS.isoformat()).exists()
