@@ -138,21 +138,23 @@ class VideoExtractor(Extractor):
         embed_frames([np.zeros((64, 96, 3), np.uint8)], self.device)
 
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        return [self._extract_one(value) for value in inputs]
+        return self.decode_then_extract(inputs)
 
-    def _extract_one(self, value: object) -> Extraction:
+    def decode(self, value: object) -> ScannedVideo | Extraction:
+        """FFmpeg's and OpenCV's half (the risky one, on untrusted bytes): the clip read once into its
+        sampled frames and statistics."""
         if value is None or (isinstance(value, bytes | bytearray | memoryview) and len(value) == 0):
             return Extraction.failed(EMPTY)
         if not isinstance(value, bytes | bytearray | memoryview):
             return Extraction.failed(UNDECODABLE)
         try:
-            scanned = read_video(bytes(value), self.sample_fps, self.max_frames)
+            return read_video(bytes(value), self.sample_fps, self.max_frames)
         except Exception:
             log.exception("OpenCV failed on a video of %d bytes", len(value))
             return Extraction.failed(FEATURE_ERROR)
-        if isinstance(scanned, Extraction):
-            return scanned
-        return self._vector(self._features(scanned), self._meta(scanned))
+
+    def extract_decoded(self, decoded: Sequence[ScannedVideo]) -> list[Extraction]:
+        return [self._vector(self._features(scanned), self._meta(scanned)) for scanned in decoded]
 
     def _features(self, scanned: ScannedVideo) -> np.ndarray:
         from features.image import embed_frames
