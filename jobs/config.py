@@ -45,8 +45,27 @@ class PipelineConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
     # Precomputed vector files imported as modalities of their own: {name: CSV or Parquet path}.
     imported_vectors: dict[str, str] = field(default_factory=dict)
+    # Media safety (jobs.decode_sandbox): a media file over `max_media_bytes` is refused before it is read
+    # (2 GiB: a long 4K trailer fits); one item's read + decode gets `decode_timeout_s` of wall clock and
+    # `decode_memory_mb` of address space on top of its decode child's start-up; images are refused when
+    # their header says more than `max_image_pixels` pixels (OpenCV's own limit in the child is the same).
+    max_media_bytes: int = 2 * 1024**3
+    decode_timeout_s: int = 600
+    decode_memory_mb: int = 8192
+    max_image_pixels: int = 40_000_000
+    # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
+    extract_chunk_items: int = 1000
 
     def __post_init__(self) -> None:
+        for name in (
+            "max_media_bytes",
+            "decode_timeout_s",
+            "decode_memory_mb",
+            "max_image_pixels",
+            "extract_chunk_items",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
         # A relative local lake would mean a different lake for every working directory, and Delta reads
         # a relative path as a table name.
         if "://" not in self.lake:
@@ -148,6 +167,11 @@ _ENV_FIELDS = {
     "MODALRANK_SPARK_UI": "spark_ui",
     "MODALRANK_JARS_DIR": "jars_dir",
     "MODALRANK_IMPORTED_VECTORS": "imported_vectors",  # JSON: {"mmtf_avf": "/data/mmtf/avf.csv"}
+    "MODALRANK_MAX_MEDIA_BYTES": "max_media_bytes",
+    "MODALRANK_DECODE_TIMEOUT_S": "decode_timeout_s",
+    "MODALRANK_DECODE_MEMORY_MB": "decode_memory_mb",
+    "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
 }
 
 
