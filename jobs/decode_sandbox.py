@@ -223,10 +223,11 @@ def _decode_one(extractor, path: str, limits: DecodeLimits) -> tuple[str, object
 
 def serve(modality: str, limits: DecodeLimits, requests: Connection, replies: Connection) -> None:
     """The child's loop: a path in, ("ok", decoded) or ("failed", reason) out, until the worker hangs up."""
-    from features.models import limit_threads
+    import cv2  # after the parent put OPENCV_IO_MAX_IMAGE_PIXELS in this process's environment
+
     from features.registry import extractor_class
 
-    limit_threads(limits.threads)
+    cv2.setNumThreads(max(1, limits.threads))  # not features.models.limit_threads: that would load torch
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing decoder leaves no core file behind
     options = {"max_pixels": limits.max_image_pixels} if modality == "image" else {}
     extractor = extractor_class(modality)(device="cpu", **options)
