@@ -229,7 +229,8 @@ def serve(modality: str, limits: DecodeLimits, requests: Connection, replies: Co
 
     cv2.setNumThreads(max(1, limits.threads))  # not features.models.limit_threads: that would load torch
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing decoder leaves no core file behind
-    options = {"max_pixels": limits.max_image_pixels} if modality == "image" else {}
+    # The pixel limit holds for video frames too (FFmpeg has none of its own).
+    options = {"max_pixels": limits.max_image_pixels} if modality in ("image", "video") else {}
     extractor = extractor_class(modality)(device="cpu", **options)
     faults = _faults()
     # After the imports: the limit is what decoding may add on top of a started child.

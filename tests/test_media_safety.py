@@ -39,10 +39,10 @@ def one_second_wav() -> bytes:
     return buffer.getvalue()
 
 
-def ten_frame_mp4(path: Path) -> bytes:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+def ten_frame_mp4(path: Path, width: int = 64, height: int = 48) -> bytes:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))
     for frame in range(10):
-        writer.write(np.full((48, 64, 3), (20 * frame, 100, 200), np.uint8))
+        writer.write(np.full((height, width, 3), (20 * frame, 100, 200), np.uint8))
     writer.release()
     return path.read_bytes()
 
@@ -191,10 +191,12 @@ def test_sandbox_decodes_audio_and_video_like_the_extractor_in_process(tmp_path)
     assert reason is None
     expected = AudioExtractor().decode(wav.read_bytes())
     assert np.array_equal(clip.samples, expected.samples) and clip.sample_rate == 22_050
+    ten_frame_mp4(tmp_path / "3.mp4", width=160, height=96)  # 15,360 pixels a frame, over the 10,000 limit
     with DecodeSandbox("video", LIMITS) as sandbox:
         scanned, reason = sandbox.decode(str(tmp_path / "2.mp4"))
         _, not_video = sandbox.decode(str(wav))
-    assert reason is None and not_video == "undecodable video"
+        _, too_large = sandbox.decode(str(tmp_path / "3.mp4"))
+    assert reason is None and not_video == "undecodable video" and too_large == "video frames too large"
     expected = VideoExtractor(device="cpu").decode(mp4_bytes)
     assert scanned.decoded == expected.decoded == 10
     assert all(np.array_equal(a, b) for a, b in zip(scanned.frames, expected.frames, strict=True))
