@@ -123,12 +123,16 @@ class AudioExtractor(Extractor):
         audio_features(tone)
 
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        return [self._extract_one(value) for value in inputs]
+        return self.decode_then_extract(inputs)
 
-    def _extract_one(self, value: object) -> Extraction:
-        decoded = decode_audio(value)
-        if isinstance(decoded, Extraction):
-            return decoded
+    def decode(self, data: object) -> DecodedAudio | Extraction:
+        """libsndfile's half (the risky one, on untrusted bytes): `decode_audio`."""
+        return decode_audio(data)
+
+    def extract_decoded(self, decoded: Sequence[DecodedAudio]) -> list[Extraction]:
+        return [self._features_of(clip) for clip in decoded]
+
+    def _features_of(self, decoded: DecodedAudio) -> Extraction:
         self.inferences += 1
         try:
             samples = decoded.samples

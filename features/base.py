@@ -51,6 +51,31 @@ class Extractor(ABC):
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
         """One result per input, in order."""
 
+    def decode(self, data: object) -> object:
+        """Everything the extractor does to an untrusted input before its model: parse and decode the
+        bytes into arrays (or return a failed `Extraction`). Media extractors override it together with
+        `extract_decoded`, so the pipeline can run this half in a sandboxed process (`jobs.decode_sandbox`)
+        and the model half in the worker; the result must pickle."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
+
+    def extract_decoded(self, decoded: Sequence[object]) -> list[Extraction]:
+        """One result per output of `decode` that was not a failure, in order."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
+
+    def decode_then_extract(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
+        """`extract_batch` for an extractor split into `decode` and `extract_decoded`, all in this process."""
+        results: list[Extraction | None] = [None] * len(inputs)
+        decoded = {}
+        for index, value in enumerate(inputs):
+            outcome = self.decode(value)
+            if isinstance(outcome, Extraction):
+                results[index] = outcome
+            else:
+                decoded[index] = outcome
+        for index, result in zip(decoded, self.extract_decoded(list(decoded.values())), strict=True):
+            results[index] = result
+        return results
+
     def _vector(self, values: np.ndarray, meta: dict[str, float] | None = None) -> Extraction:
         vector = np.asarray(values, dtype=np.float32).reshape(-1)
         if vector.shape != (self.dim,):

@@ -5,9 +5,14 @@ The vector is the L2-normalised 1280-d EfficientNet-Lite0 embedding (what the po
 see `opencv_descriptors` for their layout. `embed_frames` gives the video extractor the same embedding
 for decoded frames.
 
-Image bytes come from the outside world, so nothing here decodes a file before its header says the
-pixel count is within `MAX_IMAGE_PIXELS` (a decompression bomb is a small file that decodes to
-gigabytes), and nothing raises for one bad file: it becomes a failed `Extraction` with a fixed phrase.
+Image bytes come from the outside world, so the format is recognised by content (magic bytes, never
+the file's extension), only formats whose header this module reads are decoded (JPEG, PNG, GIF, BMP,
+WebP: `ACCEPTED_FORMATS`), and nothing is decoded before its header says the pixel count is within
+`MAX_IMAGE_PIXELS` (a decompression bomb is a small file that decodes to gigabytes). Other formats
+OpenCV would decode (TIFF, PNM, JPEG 2000, OpenEXR, ...) are refused as "unsupported image format",
+anything else as "undecodable image". Nothing raises for one bad file: it becomes a failed
+`Extraction` with a fixed phrase. In the pipeline the decoding runs in a sandboxed child process
+(`jobs.decode_sandbox`), started with OpenCV's own limit in its environment before cv2 loads.
 Never imports pyspark; weights load only from site-packages (`features.models`).
 """
 
@@ -27,9 +32,10 @@ log = logging.getLogger("modalrank.image")
 
 MAX_IMAGE_PIXELS = 40_000_000
 
-# Second line of defence, for formats whose header we do not parse (TIFF, AVIF, ...): OpenCV refuses to
-# allocate more pixels than this. It is read when cv2 loads, so it must be set before the import below;
-# setdefault leaves an operator's own limit alone.
+# Second line of defence, for a header that lies: OpenCV refuses to allocate more pixels than this. It is
+# read when cv2 loads, so it must be set before the import below (setdefault leaves an operator's own
+# limit alone); a process that imported cv2 earlier keeps OpenCV's default, which is why the pipeline
+# decodes in a child process whose environment carries the limit from its start (jobs.decode_sandbox).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 import cv2  # noqa: E402
@@ -38,6 +44,7 @@ EMPTY_FILE = "empty file"
 TOO_LARGE = "image too large"
 UNDECODABLE = "undecodable image"
 NOT_BYTES = "not image bytes"
+UNSUPPORTED = "unsupported image format"
 
 EMBEDDING_DIM = 1280
 
@@ -68,6 +75,45 @@ class ImageDecodeError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------
 # Headers: the size an image will decode to, read without decoding it
+
+
+# Formats decoded, each with a header parser below, so every one of them gets the pixel check.
+ACCEPTED_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+# Formats OpenCV would decode but whose size is not read here: refused by name rather than decoded.
+_OTHER_IMAGE_MAGIC = (
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x00\x0cjP  ", "jpeg2000"),
+    (b"\xff\x4f\xff\x51", "jpeg2000"),
+    (b"\x76\x2f\x31\x01", "openexr"),
+    (b"#?RADIANCE", "hdr"),
+    (b"#?RGBE", "hdr"),
+    (b"\x59\xa6\x6a\x95", "sunraster"),
+)
+
+
+def image_format(data: bytes) -> str | None:
+    """The image format the bytes are, by their magic number: one of `ACCEPTED_FORMATS`, another
+    image format's name (TIFF, PNM, AVIF, ...), or None for bytes that are no image format known here."""
+    data = bytes(data[:32])
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, name in _OTHER_IMAGE_MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "avif/heif"
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"1234567fF" and data[2:3].isspace():
+        return "pnm"
+    return None
 
 
 def image_size_from_header(data: bytes) -> tuple[int, int] | None:
@@ -157,21 +203,32 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A BGR uint8 image from encoded bytes (grey and alpha are converted; EXIF rotation applied).
 
-    Raises `ImageDecodeError` with reason "empty file", "image too large" (header over `max_pixels`,
-    checked before any decoding) or "undecodable image" (corrupt, truncated or not an image).
+    Raises `ImageDecodeError` with reason "empty file", "unsupported image format" (an image format
+    outside `ACCEPTED_FORMATS`), "image too large" (header over `max_pixels`, checked before any
+    decoding) or "undecodable image" (corrupt, truncated or not an image).
     """
     if not data:
         raise ImageDecodeError(EMPTY_FILE)
     data = bytes(data)
+    kind = image_format(data)
+    if kind is None:
+        raise ImageDecodeError(UNDECODABLE)
+    if kind not in ACCEPTED_FORMATS:
+        raise ImageDecodeError(UNSUPPORTED)
     size = image_size_from_header(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:  # an accepted format whose header does not say its size: malformed, never decoded
+        raise ImageDecodeError(UNDECODABLE)
+    if size[0] * size[1] > max_pixels:
         raise ImageDecodeError(TOO_LARGE)
     if data.startswith(b"\xff\xd8") and not _jpeg_complete(data):
         raise ImageDecodeError(UNDECODABLE)
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:
-        # OpenCV raises (rather than returning None) when its own pixel limit trips.
+        # OpenCV raises (rather than returning None) when its own pixel limit trips, and when an allocation
+        # fails (a process under a memory limit): that one is the caller's to handle, not a bad image.
+        if "Insufficient memory" in str(error) or "Failed to allocate" in str(error):
+            raise MemoryError(str(error)) from None
         raise ImageDecodeError(TOO_LARGE if "MAX_IMAGE_PIXELS" in str(error) else UNDECODABLE) from None
     if image is None or image.size == 0:
         raise ImageDecodeError(UNDECODABLE)
@@ -313,24 +370,11 @@ class ImageExtractor(Extractor):
         models.load_efficientnet_lite0(self.device)
 
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        results: list[Extraction | None] = [None] * len(inputs)
-        # Decoded images wait for the model in chunks of batch_size, at model size, to bound memory.
-        pending: list[tuple[int, np.ndarray, np.ndarray, dict[str, float]]] = []
-        for index, data in enumerate(inputs):
-            prepared = self._prepare(data)
-            if isinstance(prepared, Extraction):
-                results[index] = prepared
-                continue
-            pending.append((index, *prepared))
-            if len(pending) == self.batch_size:
-                self._embed(pending, results)
-                pending = []
-        if pending:
-            self._embed(pending, results)
-        return results
+        return self.decode_then_extract(inputs)
 
-    def _prepare(self, data: object) -> tuple[np.ndarray, np.ndarray, dict[str, float]] | Extraction:
-        """(model-sized image, descriptors, meta) for one input, or its failed result."""
+    def decode(self, data: object) -> tuple[np.ndarray, np.ndarray, dict[str, float]] | Extraction:
+        """(model-sized image, descriptors, meta) for one input, or its failed result: all the work on
+        untrusted bytes, none on the model, so it can run in a sandboxed process."""
         if not isinstance(data, bytes | bytearray | memoryview):
             return Extraction.failed(NOT_BYTES)
         try:
@@ -343,6 +387,18 @@ class ImageExtractor(Extractor):
             return Extraction.failed(UNDECODABLE)
         meta = {"width": float(image.shape[1]), "height": float(image.shape[0])}
         return _model_sized(image), descriptors, meta
+
+    def extract_decoded(
+        self, decoded: Sequence[tuple[np.ndarray, np.ndarray, dict[str, float]]]
+    ) -> list[Extraction]:
+        results: list[Extraction | None] = [None] * len(decoded)
+        # Images wait for the model in chunks of batch_size, already at model size, to bound memory.
+        for start in range(0, len(decoded), self.batch_size):
+            pending = [
+                (start + i, *prepared) for i, prepared in enumerate(decoded[start : start + self.batch_size])
+            ]
+            self._embed(pending, results)
+        return results
 
     def _embed(self, pending: list, results: list[Extraction | None]) -> None:
         embeddings = _normalise_rows(

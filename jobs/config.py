@@ -49,8 +49,29 @@ class PipelineConfig:
     # How long a job waits for the run lease of its date (`jobs.lease`) while another run of the same date
     # (or training week) holds it, before failing with a message that names the holder.
     lease_timeout_seconds: int = 600
+    # Media safety (jobs.decode_sandbox): a media file over `max_media_bytes` is refused before it is read
+    # (2 GiB: a long 4K trailer fits); one item's read + decode gets `decode_timeout_s` of wall clock and
+    # `decode_memory_mb` of address space on top of its decode child's start-up; images are refused when
+    # their header says more than `max_image_pixels` pixels (OpenCV's own limit in the child is the same).
+    max_media_bytes: int = 2 * 1024**3
+    decode_timeout_s: int = 600
+    decode_memory_mb: int = 8192
+    max_image_pixels: int = 40_000_000
+    # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
+    extract_chunk_items: int = 1000
 
     def __post_init__(self) -> None:
+        for name in (
+            "max_media_bytes",
+            "decode_timeout_s",
+            "decode_memory_mb",
+            "max_image_pixels",
+            "extract_chunk_items",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        if int(self.lease_timeout_seconds) < 0:
+            raise ValueError(f"lease_timeout_seconds must be 0 or more, got {self.lease_timeout_seconds!r}")
         # However the value came (flag, Param, environment, code): a lake path becomes table identifiers
         # and the Asset's URI, so it is checked here too, not only where a flag is parsed.
         LAKE.check(self.lake)
@@ -168,6 +189,11 @@ _ENV_FIELDS = {
     "MODALRANK_JARS_DIR": "jars_dir",
     "MODALRANK_IMPORTED_VECTORS": "imported_vectors",  # JSON: {"mmtf_avf": "/data/mmtf/avf.csv"}
     "MODALRANK_LEASE_TIMEOUT_SECONDS": "lease_timeout_seconds",
+    "MODALRANK_MAX_MEDIA_BYTES": "max_media_bytes",
+    "MODALRANK_DECODE_TIMEOUT_S": "decode_timeout_s",
+    "MODALRANK_DECODE_MEMORY_MB": "decode_memory_mb",
+    "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
 }
 
 

@@ -8,6 +8,17 @@ its share of the cores for torch and OpenCV threads so parallel tasks do not ove
 Every catalog item ends with exactly one row: `ok` with its vector, `failed` with a fixed-phrase
 reason (also written to `quarantine`), or `missing` when the item has no such media.
 
+Media files are read and decoded in a sandboxed child process per worker (`jobs.decode_sandbox`: size
+cap, wall-clock and memory limits), so a file that hangs, crashes or exhausts its decoder costs one
+`failed` row and the rest of the batch goes on; the models stay in the worker.
+
+Progress survives a kill: the work is split into chunks of `extract_chunk_items` items, each extracted
+and MERGEd on its own, so a task killed at its timeout keeps every finished chunk and the retry starts
+where it stopped (what is already `ok` for the current content and extractor is not stale). Failures
+whose reason is transient (`TRANSIENT_REASONS`: unreadable or vanished file, decode timed out, decoder
+killed from outside) are retried on the next run; permanent ones (not an image, too large, the decoder
+crashes on these bytes) wait for new content or a new extractor version.
+
 Run by the DAG through spark-submit, by `modalrank extract`, or by hand:
     spark-submit jobs/extract.py --modality image --ds 2026-11-25
 """
@@ -15,6 +26,7 @@ Run by the DAG through spark-submit, by `modalrank extract`, or by hand:
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import logging
@@ -28,8 +40,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import artifacts, lake, lease
+from jobs import artifacts, decode_sandbox, lake, lease, media_files
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
+from jobs.decode_sandbox import DecodeLimits, DecodeSandbox
+from jobs.faults import crash_point
 from jobs.progress import stage_progress
 from jobs.schemas import CATALOG, QUARANTINE, features_table
 from jobs.spark import job_main, spark_session, threads_per_task
@@ -52,6 +66,18 @@ MODALITY_INPUTS = {
     "audio": ModalityInput("audio_hash", "audio_path", 16),
     "video": ModalityInput("video_hash", "video_path", 8),
 }
+
+# Failure reasons retried on the next run even when nothing changed: the file, the machine or the clock
+# was the problem, not the bytes. "decoder crashed (signal 9)" is a SIGKILL from outside (the kernel's
+# OOM killer, an operator): the child's own memory limit makes a decoding bomb fail as "decoder out of
+# memory" instead. Every other reason is permanent for the same content and extractor version.
+TRANSIENT_REASONS = (
+    media_files.FILE_NOT_FOUND,
+    media_files.PERMISSION_DENIED,
+    media_files.UNREADABLE,
+    decode_sandbox.DECODE_TIMED_OUT,
+    decode_sandbox.decoder_crashed(-9),
+)
 
 # The columns mapInPandas hands to workers and gets back.
 _WORK_COLUMNS = ["item_id", "content_hash", "path", "title", "overview", "genres", "tags"]
@@ -122,17 +148,33 @@ def _one_warm_up_at_a_time() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_media(path: str) -> bytes | str:
-    """The file's bytes, or a failure phrase."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        return "file not found"
-    except OSError:
-        return "unreadable file"
+_worker_sandboxes: dict[str, DecodeSandbox] = {}
 
 
-def extractor_inputs(modality: str, items: pd.DataFrame) -> list[bytes | str]:
+def _worker_sandbox(modality: str, limits: DecodeLimits) -> DecodeSandbox:
+    """The modality's decode child of this Python worker, started once and reused by every task."""
+    sandbox = _worker_sandboxes.get(modality)
+    if sandbox is None or sandbox.limits != limits:
+        if sandbox is not None:
+            sandbox.close()
+        if not _worker_sandboxes:
+            atexit.register(_close_sandboxes)
+        sandbox = _worker_sandboxes[modality] = DecodeSandbox(modality, limits)
+    return sandbox
+
+
+def _close_sandboxes() -> None:
+    for sandbox in _worker_sandboxes.values():
+        sandbox.close()
+
+
+def read_media(path: str, max_bytes: int) -> bytes | str:
+    """The file's bytes, or a failure phrase (`jobs.media_files`): for tools that run an extractor in
+    their own process (the benchmark); the pipeline reads through the decode sandbox."""
+    return media_files.read_media_file(path, max_bytes)
+
+
+def extractor_inputs(modality: str, items: pd.DataFrame, max_bytes: int = 2 << 30) -> list[bytes | str]:
     """What the extractor sees for each row: the composed text, or the media file's bytes (or why not).
 
     `items` has the catalog's title, overview, genres and tags, and the modality's file as `path`.
@@ -144,29 +186,45 @@ def extractor_inputs(modality: str, items: pd.DataFrame) -> list[bytes | str]:
             compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
             for row in items.itertuples()
         ]
-    return [read_media(path) for path in items["path"]]
+    return [read_media(path, max_bytes) for path in items["path"]]
 
 
-def extract_partition(modality: str, threads: int):
+def _extract_media(extractor, sandbox: DecodeSandbox, paths: pd.Series) -> list:
+    """One `Extraction` or failure phrase per path: decoded in the sandbox, then the model here."""
+    from features.base import Extraction
+
+    outcomes: list = [None] * len(paths)
+    decoded: dict[int, object] = {}
+    for index, path in enumerate(paths):
+        value, reason = sandbox.decode(path)
+        if reason is None:
+            decoded[index] = value
+        else:
+            outcomes[index] = Extraction.failed(reason)
+    for index, result in zip(decoded, extractor.extract_decoded(list(decoded.values())), strict=True):
+        outcomes[index] = result
+    return outcomes
+
+
+def extract_partition(modality: str, threads: int, limits: DecodeLimits):
     """The mapInPandas function: work rows in, one result row per item out."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         # Workers are separate processes: their log lines reach the executor's stderr only if asked.
         configure_logging()
         extractor = _worker_extractor(modality, threads)
+        sandbox = None if modality == "text" else _worker_sandbox(modality, limits)
         started, done = time.monotonic(), 0
         for batch in batches:
-            inputs = extractor_inputs(modality, batch)
-            readable = [i for i, value in enumerate(inputs) if isinstance(value, bytes) or modality == "text"]
-            results = dict(zip(readable, extractor.extract_batch([inputs[i] for i in readable]), strict=True))
+            if sandbox is None:
+                results = extractor.extract_batch(extractor_inputs(modality, batch))
+            else:
+                results = _extract_media(extractor, sandbox, batch["path"])
             rows = []
-            for i, item_id in enumerate(batch["item_id"]):
-                result = results.get(i)
-                if result is None:  # the file could not be read: no model call
-                    rows.append((item_id, None, None, "failed", inputs[i], 0))
-                elif result.ok:
+            for item_id, result in zip(batch["item_id"], results, strict=True):
+                if result.ok:
                     rows.append((item_id, result.vector, len(result.vector), "ok", None, 1))
-                else:  # rejected by the extractor's checks (decoding, limits) before its model ran
+                else:  # unreadable, refused by the sandbox's limits, or by the extractor's checks
                     rows.append((item_id, None, None, "failed", result.error, 0))
             done += len(rows)
             log.info("%s worker: %d items (%.1f items/s)", modality, done, done / (time.monotonic() - started))
@@ -180,7 +238,8 @@ def extract_partition(modality: str, threads: int):
 
 
 def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: str, version: str, force: bool):
-    """Catalog items whose `features_<modality>` row is absent or out of date, with their inputs."""
+    """Catalog items whose `features_<modality>` row is absent, out of date, or failed for a transient
+    reason, with their inputs."""
     spec = MODALITY_INPUTS[modality]
     work = catalog.select(
         "item_id",
@@ -198,6 +257,8 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
         F.col("content_hash").alias("done_hash"),
         F.col("extractor").alias("done_extractor"),
         F.col("extractor_version").alias("done_version"),
+        F.col("status").alias("done_status"),
+        F.col("error").alias("done_error"),
     )
     joined = work.join(current, "item_id", "left")
     stale = (
@@ -205,6 +266,7 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
         | ~F.col("content_hash").eqNullSafe(F.col("done_hash"))
         | (F.col("done_extractor") != name)
         | (F.col("done_version") != version)
+        | ((F.col("done_status") == "failed") & F.col("done_error").isin(*TRANSIENT_REASONS))
     )
     return joined.where(stale).select(*_WORK_COLUMNS)
 
@@ -239,28 +301,65 @@ def run_extract(
         return report
 
     extract_started = time.monotonic()
-    results = work.where(~has_input).select(
-        "item_id",
-        F.lit(None).cast("array<float>").alias("vector"),
-        F.lit(None).cast("int").alias("dim"),
-        F.lit("missing").alias("status"),
-        F.lit(None).cast("string").alias("error"),
-        F.lit(0).alias("inferences"),
-    )
-    if n_extract:
-        partitions = min(max(spark.sparkContext.defaultParallelism, n_extract // (spec.batch_size * 2)), 64)
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(spec.batch_size))
-        extracted = (
-            work.where(has_input)
-            .repartition(partitions)
-            .mapInPandas(extract_partition(modality, threads_per_task(spark)), _RESULT_SCHEMA)
+    if n_stale > n_extract:  # items without this media: one commit, before any model runs
+        missing = work.where(~has_input).select(
+            "item_id",
+            "content_hash",
+            F.lit(None).cast("array<float>").alias("vector"),
+            F.lit(None).cast("int").alias("dim"),
+            F.lit("missing").alias("status"),
+            F.lit(None).cast("string").alias("error"),
+            F.lit(0).alias("inferences"),
         )
-        results = results.unionByName(extracted)
-    with stage_progress(spark, f"extract_{modality}", n_extract):
-        # Checkpointed so the models run exactly once, whatever the MERGE and the counts read.
-        results = results.join(work.select("item_id", "content_hash"), "item_id").localCheckpoint(eager=True)
+        _commit(features, table, extractor, ds, missing, report)
+    if n_extract:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(spec.batch_size))
+        worker = extract_partition(modality, threads_per_task(spark), _decode_limits(config, spark))
+        chunks = _chunks(work.where(has_input), config.extract_chunk_items)
+        done = 0
+        with stage_progress(spark, f"extract_{modality}", n_extract):
+            for number, (first, last, size) in enumerate(chunks, start=1):
+                chunk = work.where(has_input & F.col("item_id").between(first, last))
+                partitions = min(max(spark.sparkContext.defaultParallelism, size // (spec.batch_size * 2)), 64)
+                extracted = chunk.repartition(partitions).mapInPandas(worker, _RESULT_SCHEMA)
+                # Checkpointed so the models run exactly once, whatever the MERGE and the counts read.
+                results = extracted.join(chunk.select("item_id", "content_hash"), "item_id")
+                _commit(features, table, extractor, ds, results.localCheckpoint(eager=True), report)
+                done += size
+                elapsed = time.monotonic() - extract_started
+                log.info(
+                    "extract %s: chunk %d/%d committed, %d/%d items (%.1f items/s)",
+                    modality, number, len(chunks), done, n_extract, done / elapsed if elapsed else 0.0,
+                )  # fmt: skip
+                crash_point("extract.chunk_committed")
     report.extract_seconds = round(time.monotonic() - extract_started, 2)
+    _quarantine_failures(spark, config, modality, ds, features.toDF(), catalog)
+    report.extracted = report.ok + report.failed
+    report.seconds = round(time.monotonic() - started, 1)
+    write_report(config, report)
+    return report
 
+
+def _decode_limits(config: PipelineConfig, spark: SparkSession) -> DecodeLimits:
+    return decode_sandbox.limits_from_config(config, threads=threads_per_task(spark))
+
+
+def _chunks(work: DataFrame, chunk_items: int) -> list[tuple[int, int, int]]:
+    """(first item id, last item id, items) of consecutive item-id ranges of at most `chunk_items` items.
+
+    Ranges of ids rather than random splits: each chunk is a plain filter on the checkpointed work, and a
+    rerun after a kill sees the same order.
+    """
+    ids = [row["item_id"] for row in work.select("item_id").orderBy("item_id").collect()]
+    return [
+        (ids[start], ids[min(start + chunk_items, len(ids)) - 1], min(chunk_items, len(ids) - start))
+        for start in range(0, len(ids), chunk_items)
+    ]
+
+
+def _commit(features, table: str, extractor, ds: dt.date, results: DataFrame, report: ExtractReport) -> None:
+    """MERGE one chunk's result rows (item_id, content_hash, vector, dim, status, error, inferences) into
+    the feature table, in one Delta commit, and count them into the report."""
     rows = results.select(
         "item_id",
         "content_hash",
@@ -280,19 +379,13 @@ def run_extract(
         .whenNotMatchedInsertAll()
         .execute()
     )
-    _quarantine_failures(spark, config, modality, ds, features.toDF(), catalog)
-
     for row in (
         results.groupBy("status", "error").agg(F.count("*").alias("n"), F.sum("inferences").alias("i")).collect()
     ):
         setattr(report, row["status"], getattr(report, row["status"]) + row["n"])
         report.inferences += row["i"]
         if row["status"] == "failed":
-            report.failed_by_reason[row["error"]] = row["n"]
-    report.extracted = report.ok + report.failed
-    report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
-    return report
+            report.failed_by_reason[row["error"]] = report.failed_by_reason.get(row["error"], 0) + row["n"]
 
 
 def _quarantine_failures(

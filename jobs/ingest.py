@@ -18,17 +18,17 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import artifacts, lake, lease, sources
+from jobs import artifacts, lake, lease, media_files, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
@@ -112,15 +112,13 @@ def resolve_media_path(media_root: str, path: str | None) -> tuple[str | None, s
     """(absolute path, None) for a media path inside `media_root`, or (None, reason) when it is not.
 
     Catalog files come from outside; a path must never point the pipeline at files beyond the
-    folder the data engineer configured (`../../etc/passwd`, `/home/x/secret.jpg`).
+    folder the data engineer configured (`../../etc/passwd`, `/home/x/secret.jpg`, a symlink out of
+    it), nor crash it (a NUL byte). Only the path is checked here; `media_files.sha256_of_media_file`
+    then refuses anything but a readable regular file.
     """
     if path is None or path.strip() == "":
         return None, None
-    root = os.path.realpath(media_root)
-    candidate = os.path.realpath(os.path.join(root, path.strip()))
-    if os.path.commonpath([root, candidate]) != root:
-        return None, "media path escapes media root"
-    return candidate, None
+    return media_files.resolve_under(media_root, path.strip())
 
 
 def _split_list(column: str) -> Column:
@@ -239,46 +237,66 @@ def _apply_extras(items: DataFrame, extras: list[Extra]) -> tuple[DataFrame, lis
 
 
 _RESOLVED = StructType([StructField("path", StringType()), StructField("reason", StringType())])
+_HASHED = StructType([StructField("hash", StringType()), StructField("reason", StringType())])
+# Path problems that reject the whole item (its catalog row is wrong), unlike a file problem, which
+# costs the item only that modality.
+_PATH_REASONS = (media_files.ESCAPES_ROOT, media_files.NUL_IN_PATH)
+
+
+def _media_hashes(path_column: str) -> Column:
+    """(sha256, None) of each row's media file, or (None, reason): only regular files are opened."""
+
+    @F.pandas_udf(_HASHED)
+    def hash_files(paths: pd.Series) -> pd.DataFrame:
+        hashed = [media_files.sha256_of_media_file(path) for path in paths]
+        return pd.DataFrame(hashed, columns=["hash", "reason"], dtype=object)
+
+    return hash_files(F.col(path_column))
 
 
 def _resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[DataFrame, list[DataFrame]]:
-    """Media paths a catalog gives: resolved inside the media root and hashed; problems quarantined."""
+    """Media paths a catalog gives: resolved inside the media root and hashed; problems quarantined.
+
+    A path that leaves the root or holds a NUL byte quarantines the item; a file that is missing, not a
+    regular file (a FIFO, a folder) or unreadable costs the item that modality, with a quarantine row
+    `<kind> <reason>` (e.g. "poster file not found", "video not a regular file").
+    """
     for kind in MEDIA_KINDS:
         items = items.withColumn(f"{kind}_hash", F.lit(None).cast("string"))
     if media_root is None:
         return items, []
     resolve = F.udf(lambda path: resolve_media_path(media_root, path), _RESOLVED)
-    escapes = F.lit(False)
+    path_problem = F.lit(None).cast("string")
     for kind in MEDIA_KINDS:
         items = items.withColumn(f"{kind}_resolved", resolve(f"{kind}_path"))
-        escapes = escapes | F.col(f"{kind}_resolved.reason").isNotNull()
+        path_problem = F.coalesce(path_problem, F.col(f"{kind}_resolved.reason"))
     items = items.withColumn(
         "reason",
-        F.when(F.col("reason").isNull() & escapes, F.lit("media path escapes media root")).otherwise(
+        F.when(F.col("reason").isNull() & path_problem.isin(*_PATH_REASONS), path_problem).otherwise(
             F.col("reason")
         ),
     )
-    missing_rejects = []
+    file_rejects = []
     for kind in MEDIA_KINDS:
         items = items.withColumn("m_path", F.col(f"{kind}_resolved.path"))
-        items = items.withColumn("m_hash", sources.file_sha256("m_path"))
-        missing = F.col("m_path").isNotNull() & F.col("m_hash").isNull()
-        missing_rejects.append(
-            items.where(F.col("reason").isNull() & missing).select(
+        items = items.withColumn("m_hashed", _media_hashes("m_path"))
+        unusable = F.col("m_path").isNotNull() & F.col("m_hashed.hash").isNull()
+        file_rejects.append(
+            items.where(F.col("reason").isNull() & unusable).select(
                 "source_file",
                 F.col("item_id").cast("bigint"),
                 F.lit(None).cast("bigint").alias("user_id"),
                 F.col(f"{kind}_path").alias("record"),
-                F.lit(f"{kind} file not found").alias("reason"),
+                F.concat(F.lit(f"{kind} "), F.col("m_hashed.reason")).alias("reason"),
             )
         )
-        # A missing file costs the item that modality, not the item: it is ingested without it.
+        # A missing or unusable file costs the item that modality, not the item: it is ingested without it.
         items = (
-            items.withColumn(f"{kind}_path", F.when(F.col("m_hash").isNotNull(), F.col("m_path")))
-            .withColumn(f"{kind}_hash", F.col("m_hash"))
-            .drop("m_path", "m_hash", f"{kind}_resolved")
+            items.withColumn(f"{kind}_path", F.when(F.col("m_hashed.hash").isNotNull(), F.col("m_path")))
+            .withColumn(f"{kind}_hash", F.col("m_hashed.hash"))
+            .drop("m_path", "m_hashed", f"{kind}_resolved")
         )
-    return items, missing_rejects
+    return items, file_rejects
 
 
 # ---------------------------------------------------------------------------------------------------

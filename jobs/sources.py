@@ -12,7 +12,6 @@ Canonical frames (every column a string unless noted):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from jobs.media_files import media_folder_entry, sha256_of_media_file
 
 log = logging.getLogger("modalrank.sources")
 
@@ -294,26 +295,37 @@ def read_overviews(spark: SparkSession, path: Path) -> Extra:
 def read_media_folder(spark: SparkSession, kind: str, directory: Path, extensions: tuple[str, ...]) -> Extra:
     """Files named `<item_id>.<ext>` in one folder, with the sha256 of their bytes.
 
-    Every file with a media extension is listed, empty ones too: an empty poster is the extractor's
-    to reject with a reason, not the lister's to skip.
+    Every entry with a media extension is listed, empty files too: an empty poster is the extractor's
+    to reject with a reason, not the lister's to skip. The item id is the entry's own name, also for a
+    symlink; a symlink must stay inside the folder, and only regular files are read (a FIFO, a folder or
+    an unreadable entry is listed as malformed, with its reason: `jobs.media_files.media_folder_entry`).
     """
     if not directory.is_dir():
         raise SourceError(f"{kind} folder not found: {directory}")
     wanted = {f".{extension}" for extension in extensions}
-    paths = sorted(
-        os.path.realpath(entry.path)
-        for entry in os.scandir(directory)
-        if entry.is_file() and Path(entry.name).suffix.lower() in wanted
-    )
-    files = spark.createDataFrame([(path,) for path in paths], "path string")
-    stem = F.regexp_extract("path", r"([^/]+)\.[^./]+$", 1)
+    entries = [
+        media_folder_entry(str(directory), name)
+        for name in sorted(os.listdir(directory))
+        if Path(name).suffix.lower() in wanted
+    ]
+    listed = [
+        (
+            entry.name,
+            os.path.join(str(directory), entry.name),
+            entry.path,
+            f"{kind} {entry.reason}" if entry.reason else None,
+        )
+        for entry in entries
+    ]
+    files = spark.createDataFrame(listed, "name string, entry string, path string, malformed string")
+    stem = F.regexp_extract("name", r"^(.+)\.[^.]+$", 1)
     rows = files.select(
         stem.alias("item_id"),
         "path",
         file_sha256("path").alias("content_hash"),
-        F.col("path").alias("source_file"),
-        F.col("path").alias("record"),
-        F.lit(None).cast("string").alias("malformed"),
+        F.col("entry").alias("source_file"),
+        F.col("entry").alias("record"),
+        "malformed",
         F.monotonically_increasing_id().alias("row_order"),
     )
     return Extra(kind, rows)
@@ -323,14 +335,8 @@ def sha256_of_file(path: str | None) -> str | None:
     """Hex sha256 of a file's bytes, read in chunks; None when there is no such file."""
     if path is None:
         return None
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    return digest.hexdigest()
+    # Only regular files are opened (a FIFO would block the task), and no OSError escapes.
+    return sha256_of_media_file(path)[0]
 
 
 def file_sha256(path_column: str) -> Column:
