@@ -168,9 +168,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
-    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
+    # The lease of this date's feature table (jobs.lease): a second run of it waits, then fails naming the
+    # holder; the other extractors of the date run beside it.
     with (
-        lease.lease(config, lease.date_key(args.ds), f"import {args.name}"),
+        lease.lease(config, lease.date_key(args.ds, f"features_{args.name}"), f"import {args.name}"),
         spark_session(f"modalrank-import-{args.name}", config) as spark,
     ):
         report = run_import(spark, config, args.name, args.vectors, args.ds)

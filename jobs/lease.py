@@ -62,9 +62,13 @@ def lock_path(config: PipelineConfig, key: str) -> Path:
     return config.artifacts_dir / LOCKS_FOLDER / f"{key}.lock"
 
 
-def date_key(ds: dt.date) -> str:
-    """The lease of a run date: every job that writes partitions, reports or pointers for `ds`."""
-    return f"ds-{ds.isoformat()}"
+def date_key(ds: dt.date, table: str = "") -> str:
+    """The lease of a run date: every job that writes partitions, reports or pointers for `ds`.
+
+    A job that writes one table of its own (an extractor: `features_<modality>` and that modality's
+    quarantine rows and report) names the table, so the DAG's extractors of one date, which never write
+    the same thing, run side by side on a cluster while two runs of the same extractor still cannot."""
+    return f"ds-{ds.isoformat()}" + (f"-{table}" if table else "")
 
 
 def training_key(trained_ds: dt.date) -> str:

@@ -155,3 +155,19 @@ def test_a_lease_is_reentrant_within_a_process(config):
             pass
         assert not lease.is_free(config, lease.date_key(DS))  # the inner release kept the outer hold
     assert lease.is_free(config, lease.date_key(DS))
+
+
+def test_extractors_of_one_date_lease_their_own_table(config):
+    """The DAG's extractors of a date run side by side (they write different tables); two runs of the same
+    extractor do not."""
+    text = start_holder(config, [lease.date_key(DS, "features_text")], job="extract text")
+    try:
+        wait_for(text.stdout, "held")
+        with lease.lease(config, lease.date_key(DS, "features_image"), "extract image", timeout=0):
+            assert not lease.is_free(config, lease.date_key(DS, "features_image"))
+        with pytest.raises(lease.LeaseBusyError, match=f"lease ds-{DS}-features_text .* held by extract text"):
+            with lease.lease(config, lease.date_key(DS, "features_text"), "extract text", timeout=0):
+                pytest.fail("took a lease another process holds")
+    finally:
+        text.kill()
+        text.communicate(timeout=30)
