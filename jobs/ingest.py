@@ -3,9 +3,14 @@
 
 Idempotent per run date: items and interactions are MERGEd (a rerun changes nothing), and the run's
 quarantine rows replace that date's earlier ones in one commit. The run date is also an as-of cutoff:
-events after it and items not yet available on it wait for a later run, so a backfill of an old date
-never sees the future. Every row read ends up ingested, deferred or quarantined, and the report says
-how many of each.
+events after it, items not yet available on it and their events wait in the `deferred` table, and the
+first run whose date reaches them takes them in without the source being sent again. A run sees only
+what earlier dates deferred, so a backfill of an old date never sees the future.
+
+Nothing vanishes: for every input file (and for the rows taken from `deferred`) the physical records
+are counted before parsing, and every row read ends up ingested, deferred, quarantined or superseded
+(a deferred copy the source sends again). The job checks both identities before it writes anything,
+fails when one does not hold, and reports the per-input table.
 
 Run by the DAG through spark-submit, by `modalrank ingest`, or by hand:
     spark-submit jobs/ingest.py --ds 2026-11-25 --catalog data/demo/catalog.csv \
