@@ -3,9 +3,14 @@
 
 Idempotent per run date: items and interactions are MERGEd (a rerun changes nothing), and the run's
 quarantine rows replace that date's earlier ones in one commit. The run date is also an as-of cutoff:
-events after it and items not yet available on it wait for a later run, so a backfill of an old date
-never sees the future. Every row read ends up ingested, deferred or quarantined, and the report says
-how many of each.
+events after it, items not yet available on it and their events wait in the `deferred` table, and the
+first run whose date reaches them takes them in without the source being sent again. A run sees only
+what earlier dates deferred, so a backfill of an old date never sees the future.
+
+Nothing vanishes: for every input file (and for the rows taken from `deferred`) the physical records
+are counted before parsing, and every row read ends up ingested, deferred, quarantined or superseded
+(a deferred copy the source sends again). The job checks both identities before it writes anything,
+fails when one does not hold, and reports the per-input table.
 
 Run by the DAG through spark-submit, by `modalrank ingest`, or by hand:
     spark-submit jobs/ingest.py --ds 2026-11-25 --catalog data/demo/catalog.csv \
@@ -24,14 +29,14 @@ from pathlib import Path
 
 import pandas as pd
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs import artifacts, lake, lease, media_files, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
-from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
+from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
 from jobs.validation import (
@@ -54,6 +59,15 @@ CONTENT_COLUMNS = tuple(
     if name not in {"item_id", "first_seen_ds", "updated_ds", "first_seen_at", "updated_at"}
 )
 INTERACTION_KEY = ("user_id", "item_id", "event_time", "source")
+# A deferred row is kept as it will be merged: its catalog or interactions columns, typed.
+ITEM_RECORD = StructType([f for f in CATALOG.schema.fields if f.name == "item_id" or f.name in CONTENT_COLUMNS])
+EVENT_RECORD = StructType([f for f in INTERACTIONS.schema.fields if f.name != "ingested_ds"])
+# Where an input's rows came from: the file read this run, or the deferred table.
+SOURCE, CARRIED = "source", "deferred"
+# Why a good row waits in `deferred` (fixed phrases, as quarantine reasons are).
+DEFERRED_ITEM = "available_from after the run date"
+DEFERRED_EVENT = "event after the run date"
+DEFERRED_FOR_ITEM = "item not yet available"
 
 
 @dataclass(frozen=True)
@@ -73,26 +87,65 @@ class IngestRequest:
             raise sources.SourceError("give either --movielens DIR or both --catalog FILE and --interactions FILE")
 
 
+class IngestAccountingError(RuntimeError):
+    """Some input's rows do not add up: a reader or a join lost or duplicated rows. Nothing was written."""
+
+
+@dataclass
+class InputAccount:
+    """What became of one input's rows: `rows` = ingested + deferred + quarantined + superseded."""
+
+    input: str  # the file (or media folder) read, or for rows taken from `deferred`, the file they came from
+    kind: str  # items | interactions | overview | tags | links | poster | audio | video
+    origin: str  # "source": read from the file this run; "deferred": taken from the deferred table
+    lines: int = 0  # physical records counted before parsing: non-blank lines after a CSV's header,
+    #                 Parquet rows, media files, or due rows in the deferred table
+    lines_in_rows: int = 0  # the physical records the parsed rows span
+    rows: int = 0  # records parsed
+    ingested: int = 0  # merged into the catalog or interactions (new, changed or already there unchanged)
+    deferred: int = 0  # kept in `deferred` until the first run date they are due
+    quarantined: int = 0  # in `quarantine` with a reason
+    superseded: int = 0  # deferred rows whose key this run's source or a later deferral holds again
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.lines != self.lines_in_rows:
+            found.append(f"{self.lines} physical records but rows spanning {self.lines_in_rows}")
+        settled = self.ingested + self.deferred + self.quarantined + self.superseded
+        if self.rows != settled:
+            found.append(
+                f"{self.rows} rows read but {settled} settled (ingested {self.ingested}, deferred "
+                f"{self.deferred}, quarantined {self.quarantined}, superseded {self.superseded})"
+            )
+        return found
+
+
 @dataclass
 class IngestReport:
     ds: str
     source: str
+    # Per kind, summed over `inputs`: read = ingested (new + changed + unchanged) + deferred + quarantined
+    # + superseded. "read" counts rows from the source files and rows taken from `deferred`.
     items_read: int = 0
     items_new: int = 0
     items_changed: int = 0
     items_unchanged: int = 0
     items_deferred: int = 0
     items_quarantined: int = 0
+    items_superseded: int = 0
     interactions_read: int = 0
     interactions_new: int = 0
     interactions_changed: int = 0
     interactions_unchanged: int = 0
     interactions_deferred: int = 0
     interactions_quarantined: int = 0
+    interactions_superseded: int = 0
     extras_read: dict[str, int] = field(default_factory=dict)
     quarantine_by_reason: dict[str, int] = field(default_factory=dict)
     catalog_rows: int = 0
     interactions_rows: int = 0
+    deferred_rows: int = 0  # rows waiting in `deferred` after the run, all dates
+    inputs: list[InputAccount] = field(default_factory=list)  # one per input file (and per origin)
     seconds: float = 0.0
 
     @property
@@ -164,13 +217,17 @@ def validate_items(raw: DataFrame) -> DataFrame:
         "source_file",
         "record",
         "row_order",
+        "input",
+        "lines",
+        "input_lines",
         checks.alias("reason"),
     )
     return keep_first(typed, ["item_id"], "duplicate item id")
 
 
-def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(good rows keyed by a long item_id, quarantine rows) of one extra input."""
+def validate_extra(extra: Extra, known_item_ids: DataFrame) -> DataFrame:
+    """Every row of one extra input with a long `item_id`, its value columns, META_FIELDS and `reason`
+    (null for a good row)."""
     value_columns = [c for c in extra.rows.columns if c not in ("item_id", *sources.META_FIELDS)]
     text_columns = [c for c in value_columns if c in ("overview", "tag")]
     is_media = extra.kind in MEDIA_KINDS
@@ -186,24 +243,33 @@ def validate_extra(extra: Extra, known_item_ids: DataFrame) -> tuple[DataFrame, 
         duplicate = "duplicate media file for item" if is_media else "duplicate item id"
         checked = keep_first(checked, ["item_id"], duplicate)
     known = known_item_ids.select("item_id").withColumn("known", F.lit(True))
-    checked = checked.join(known, "item_id", "left").withColumn(
-        "reason",
-        F.when(F.col("reason").isNull() & F.col("known").isNull(), F.lit("unknown item id")).otherwise(
-            F.col("reason")
-        ),
+    return (
+        checked.join(known, "item_id", "left")
+        .withColumn(
+            "reason",
+            F.when(F.col("reason").isNull() & F.col("known").isNull(), F.lit("unknown item id")).otherwise(
+                F.col("reason")
+            ),
+        )
+        .drop("known")
     )
-    rejects = quarantine_rows(checked, item_id=F.col("item_id"))
-    return checked.where(F.col("reason").isNull()).select("item_id", *value_columns), rejects
 
 
-def _apply_extras(items: DataFrame, extras: list[Extra]) -> tuple[DataFrame, list[DataFrame]]:
+def _apply_extras(
+    items: DataFrame, extras: list[Extra]
+) -> tuple[DataFrame, list[DataFrame], list[tuple[str, DataFrame]]]:
+    """(items with the extras joined on, quarantine rows, (kind, checked rows) per extra for the counts)."""
     # Taken once, before any join: each extra is checked against the items' ids, not against a plan
     # that grows with every extra joined so far.
     item_ids = items.select("item_id")
-    rejects = []
+    rejects, checked_extras = [], []
     for extra in extras:
-        good, bad = validate_extra(extra, item_ids)
-        rejects.append(bad)
+        # Computed once (see `_settled`): the join below, the quarantine and the counts all read it.
+        checked = _settled(validate_extra(extra, item_ids))
+        checked_extras.append((extra.kind, checked))
+        rejects.append(quarantine_rows(checked, item_id=F.col("item_id")))
+        value_columns = [c for c in extra.rows.columns if c not in ("item_id", *sources.META_FIELDS)]
+        good = checked.where(F.col("reason").isNull()).select("item_id", *value_columns)
         if extra.kind == "overview":
             good = good.select("item_id", F.nullif(F.trim("overview"), F.lit("")).alias("x_overview"))
             items = items.join(good, "item_id", "left").withColumn(
@@ -233,7 +299,7 @@ def _apply_extras(items: DataFrame, extras: list[Extra]) -> tuple[DataFrame, lis
                 .withColumn(f"{extra.kind}_hash", F.coalesce("x_hash", f"{extra.kind}_hash"))
             )
         items = items.drop(*(c for c in items.columns if c.startswith("x_")))
-    return items, rejects
+    return items, rejects, checked_extras
 
 
 _RESOLVED = StructType([StructField("path", StringType()), StructField("reason", StringType())])
@@ -334,6 +400,9 @@ def validate_interactions(
         "source_file",
         "record",
         "row_order",
+        "input",
+        "lines",
+        "input_lines",
         checks.alias("reason"),
     )
     typed = keep_first(typed, list(INTERACTION_KEY), "duplicate interaction")
@@ -393,51 +462,130 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     log.info("ingest ds=%s source=%s", ds, raw.name)
     catalog = lake.ensure_table(spark, config, CATALOG)
     interactions_table = lake.ensure_table(spark, config, INTERACTIONS)
+    # Rows earlier run dates deferred: those due by now are taken in; the rest keep waiting. Rows that
+    # later run dates deferred are never seen, so a rerun of an old date stays as of that date.
+    pending = lake.read_table(spark, config, DEFERRED).where(F.col("deferred_ds") < F.lit(ds))
+    due_rows = pending.where(F.col("due_ds") <= F.lit(ds))
 
     # Items: validate, attach media and extras, then split into ingested / deferred / quarantined.
     items = validate_items(raw.items)
     items, media_rejects = _resolve_catalog_media(items, raw.media_root)
-    items = items.cache()
+    items = _settled(items)
     item_rejects = quarantine_rows(items, item_id=F.col("item_id"))
-    good_items, extra_rejects = _apply_extras(items.where(F.col("reason").isNull()).drop("reason"), raw.extras)
-    good_items = good_items.withColumn("text_hash", _text_hash()).withColumn("source", F.lit(raw.name)).cache()
+    good_items, extra_rejects, checked_extras = _apply_extras(
+        items.where(F.col("reason").isNull()).drop("reason"), raw.extras
+    )
+    good_items = _settled(good_items.withColumn("text_hash", _text_hash()).withColumn("source", F.lit(raw.name)))
     not_yet = F.coalesce(F.col("available_from") > F.lit(ds), F.lit(False))
-    staged_items = good_items.where(~not_yet)
+    deferred_items = good_items.where(not_yet)
+    source_item_keys = items.where(F.col("item_id").isNotNull()).select(F.col("item_id").cast("string"))
+    carried_items = _settled(_carried(due_rows, "items", source_item_keys, ITEM_RECORD))
+    staged_items = _settled(
+        good_items.where(~not_yet)
+        .select(
+            *(F.col(f.name).cast(f.dataType).alias(f.name) for f in ITEM_RECORD),
+            "input",
+            F.lit(SOURCE).alias("origin"),
+        )
+        .unionByName(
+            carried_items.where(~F.col("superseded")).select(
+                *ITEM_RECORD.fieldNames(), "input", F.lit(CARRIED).alias("origin")
+            )
+        )
+    )
 
-    # Interactions: items known after this run are the staged ones plus those already in the lake.
-    known_items = staged_items.select("item_id").unionByName(catalog.toDF().select("item_id"))
-    events = validate_interactions(raw.interactions, raw.rating_range, known_items).cache()
-    future = F.col("event_time") >= F.lit(ds + dt.timedelta(days=1)).cast("timestamp")
-    staged_events = events.where(F.col("reason").isNull() & ~future)
+    # Interactions: an event waits for its date and for its item's; its item must be known by then.
+    waiting_items = _waiting_items(ds, deferred_items, pending, staged_items)
+    known_items = _union(
+        staged_items.select("item_id"), catalog.toDF().select("item_id"), waiting_items.select("item_id")
+    )
+    events = validate_interactions(raw.interactions, raw.rating_range, known_items)
+    events = _settled(_schedule_events(events, waiting_items, ds))
+    carried_events = _carried(due_rows, "interactions", events.select(_event_key()), EVENT_RECORD)
+    carried_events = _settled(_schedule_events(_check_known(carried_events, known_items), waiting_items, ds))
+    due_now = F.col("reason").isNull() & F.col("deferral").isNull()
+    staged_events = (
+        events.where(due_now)
+        .select(*EVENT_RECORD.fieldNames(), "input", F.lit(SOURCE).alias("origin"))
+        .unionByName(
+            carried_events.where(due_now & ~F.col("superseded")).select(
+                *EVENT_RECORD.fieldNames(), "input", F.lit(CARRIED).alias("origin")
+            )
+        )
+    )
     event_rejects = quarantine_rows(events, item_id=F.col("item_id"), user_id=F.col("user_id"))
+    carried_rejects = quarantine_rows(carried_events, item_id=F.col("item_id"), user_id=F.col("user_id"))
 
-    counts = items.agg(
-        F.count("*").alias("read"),
-        F.count("reason").alias("quarantined"),
-    ).first()
-    report.items_read, report.items_quarantined = counts["read"], counts["quarantined"]
-    report.items_deferred = good_items.where(not_yet).count()
+    # Count every input's rows by outcome, and stop before any write if one does not add up.
+    tallies = [
+        _totals(items, "items", SOURCE),
+        _tally(items.where(F.col("reason").isNotNull()), "items", SOURCE, "quarantined"),
+        _tally(deferred_items, "items", SOURCE, "deferred"),
+        _totals(events, "interactions", SOURCE),
+        _tally(events.where(F.col("reason").isNotNull()), "interactions", SOURCE, "quarantined"),
+        _tally(events.where(F.col("deferral").isNotNull()), "interactions", SOURCE, "deferred"),
+        _tally(staged_events.where(F.col("origin") == SOURCE), "interactions", SOURCE, "ingested"),
+        _tally(staged_events.where(F.col("origin") == CARRIED), "interactions", CARRIED, "ingested"),
+        _tally(staged_items.where(F.col("origin") == SOURCE), "items", SOURCE, "ingested"),
+        _tally(staged_items.where(F.col("origin") == CARRIED), "items", CARRIED, "ingested"),
+    ]
+    for kind, carried in (("items", carried_items), ("interactions", carried_events)):
+        tallies += [
+            _totals(carried, kind, CARRIED, physical=due_rows.where(F.col("kind") == kind)),
+            _tally(carried.where(F.col("superseded")), kind, CARRIED, "superseded"),
+        ]
+    tallies += [
+        _tally(carried_events.where(F.col("reason").isNotNull()), "interactions", CARRIED, "quarantined"),
+        _tally(
+            carried_events.where(F.col("deferral").isNotNull() & ~F.col("superseded")),
+            "interactions",
+            CARRIED,
+            "deferred",
+        ),
+    ]
+    item_due = good_items.select("item_id", not_yet.alias("not_yet"))
+    for kind, checked in checked_extras:
+        # A good extra row goes where its item goes: into the catalog, or into `deferred` with it.
+        good = checked.where(F.col("reason").isNull()).join(item_due, "item_id")
+        tallies += [
+            _totals(checked, kind, SOURCE),
+            _tally(checked.where(F.col("reason").isNotNull()), kind, SOURCE, "quarantined"),
+            _tally(good.where(~F.col("not_yet")), kind, SOURCE, "ingested"),
+            _tally(good.where(F.col("not_yet")), kind, SOURCE, "deferred"),
+        ]
+    report.inputs = account_inputs(_union(*tallies).collect())
+    check_accounts(report.inputs)
+    _sum_accounts(report)
     _classify_items(report, staged_items, catalog.toDF())
-    event_counts = events.agg(
-        F.count("*").alias("read"),
-        F.count("reason").alias("quarantined"),
-        F.count(F.when(F.col("reason").isNull() & future, True)).alias("deferred"),
-    ).first()
-    report.interactions_read = event_counts["read"]
-    report.interactions_quarantined = event_counts["quarantined"]
-    report.interactions_deferred = event_counts["deferred"]
     _classify_interactions(report, staged_events, interactions_table.toDF())
-    for extra in raw.extras:
-        report.extras_read[extra.kind] = extra.rows.count()
 
     now = F.current_timestamp()
     _merge_catalog(catalog, staged_items, ds, now)
     _merge_interactions(interactions_table, staged_events, ds)
 
-    quarantine = _union(item_rejects, *media_rejects, *extra_rejects, event_rejects).select(
+    quarantine = _union(item_rejects, *media_rejects, *extra_rejects, event_rejects, carried_rejects).select(
         F.lit(ds).alias("ds"), F.lit(STAGE).alias("stage"), "*", now.alias("quarantined_at")
     )
     lake.replace_where(spark, config, QUARANTINE, quarantine, lake.rows_of(ds=ds, stage=STAGE))
+    # After the merges: a run that dies before this line leaves the due rows where they were, and its
+    # rerun takes them in again (the merges are idempotent).
+    deferred = _union(
+        _deferred_rows(deferred_items.withColumn("due_ds", F.col("available_from")), "items", ds, now),
+        _deferred_rows(events.where(F.col("deferral").isNotNull()), "interactions", ds, now),
+        _deferred_rows(
+            carried_events.where(F.col("deferral").isNotNull() & ~F.col("superseded")), "interactions", ds, now
+        ),
+    )
+    # One commit: this date's deferrals replace its earlier ones, and the rows it took in (or found
+    # superseded) leave the table.
+    lake.replace_where(
+        spark,
+        config,
+        DEFERRED,
+        deferred,
+        (F.col("deferred_ds") == F.lit(ds))
+        | ((F.col("deferred_ds") < F.lit(ds)) & (F.col("due_ds") <= F.lit(ds))),
+    )
     written = lake.read_table(spark, config, QUARANTINE).where(
         (F.col("ds") == F.lit(ds)) & (F.col("stage") == STAGE)
     )
@@ -446,11 +594,184 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     }
     report.catalog_rows = catalog.toDF().count()
     report.interactions_rows = interactions_table.toDF().count()
+    report.deferred_rows = lake.read_table(spark, config, DEFERRED).count()
     report.seconds = round(time.monotonic() - started, 1)
-    for frame in (items, good_items, events):
-        frame.unpersist()
     write_report(config, report)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deferred rows
+
+
+def _event_key() -> Column:
+    """An interaction's identity as text, the same for a source row and for its deferred copy."""
+    return F.to_json(F.struct(*(F.col(k) for k in INTERACTION_KEY))).alias("row_key")
+
+
+def _row_record(kind: str) -> Column:
+    schema = ITEM_RECORD if kind == "items" else EVENT_RECORD
+    return F.to_json(F.struct(*(F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields)))
+
+
+def _deferred_rows(rows: DataFrame, kind: str, ds: dt.date, now: Column) -> DataFrame:
+    """`deferred` table rows from validated rows that carry `due_ds` (and `deferral`, for events)."""
+    is_items = kind == "items"
+    return rows.select(
+        F.lit(ds).alias("deferred_ds"),
+        F.lit(kind).alias("kind"),
+        "item_id",
+        (F.lit(None) if is_items else F.col("user_id")).cast("bigint").alias("user_id"),
+        (F.col("item_id").cast("string") if is_items else _event_key()).alias("row_key"),
+        "due_ds",
+        (F.lit(DEFERRED_ITEM) if is_items else F.col("deferral")).alias("reason"),
+        "input",
+        _row_record(kind).alias("record"),
+        now.alias("deferred_at"),
+    )
+
+
+def _carried(due_rows: DataFrame, kind: str, source_keys: DataFrame, schema: StructType) -> DataFrame:
+    """The due deferred rows of one kind, parsed back, with `superseded`: an older copy of a row
+    deferred again later, or a row this run's source holds itself (the source's word is newer)."""
+    rows = due_rows.where(F.col("kind") == kind)
+    newest = F.row_number().over(
+        Window.partitionBy("row_key").orderBy(F.desc("deferred_ds"), F.desc("deferred_at"))
+    )
+    in_source = source_keys.toDF("row_key").distinct().withColumn("in_source", F.lit(True))
+    parsed = F.from_json("record", schema)
+    return (
+        rows.withColumn("newest", newest == 1)
+        .join(in_source, "row_key", "left")
+        .select(
+            *(parsed[name].alias(name) for name in schema.fieldNames()),
+            "input",
+            "record",
+            (~F.col("newest") | F.col("in_source").isNotNull()).alias("superseded"),
+            F.lit(1).cast("long").alias("lines"),
+        )
+    )
+
+
+def _waiting_items(ds: dt.date, deferred_items: DataFrame, pending: DataFrame, staged: DataFrame) -> DataFrame:
+    """(item_id, due_ds) of every item not available on `ds` that is waiting in `deferred`: this run's
+    deferrals win over earlier ones (the source's word is newer), and an item ingested now waits no more."""
+    this_run = deferred_items.select("item_id", F.col("available_from").alias("due_ds"), F.lit(0).alias("rank"))
+    earlier = pending.where((F.col("kind") == "items") & (F.col("due_ds") > F.lit(ds))).select(
+        "item_id", "due_ds", F.datediff(F.lit(ds), "deferred_ds").alias("rank")
+    )
+    first = F.row_number().over(Window.partitionBy("item_id").orderBy("rank"))
+    return (
+        this_run.unionByName(earlier)
+        .withColumn("first", first)
+        .where(F.col("first") == 1)
+        .join(staged.select("item_id"), "item_id", "left_anti")
+        .select("item_id", "due_ds")
+    )
+
+
+def _check_known(events: DataFrame, known_items: DataFrame) -> DataFrame:
+    """Deferred events taken in: `reason` "unknown item id" where their item is no longer known."""
+    known = known_items.distinct().withColumn("known", F.lit(True))
+    unknown = F.col("known").isNull() & ~F.col("superseded")
+    return (
+        events.join(known, "item_id", "left")
+        .withColumn("reason", F.when(unknown, F.lit("unknown item id")))
+        .withColumn("source_file", F.col("input"))
+        .drop("known")
+    )
+
+
+def _schedule_events(events: DataFrame, waiting_items: DataFrame, ds: dt.date) -> DataFrame:
+    """Adds `due_ds` (the later of the event's date and its item's availability) and `deferral` (why a
+    good event waits; null when it is due by `ds`)."""
+    waiting = waiting_items.select("item_id", F.col("due_ds").alias("item_due"))
+    event_day = F.to_date("event_time")
+    why = F.when(F.col("item_due") > event_day, F.lit(DEFERRED_FOR_ITEM)).otherwise(F.lit(DEFERRED_EVENT))
+    return (
+        events.join(waiting, "item_id", "left")
+        .withColumn("due_ds", F.greatest(event_day, F.col("item_due")))
+        .withColumn("deferral", F.when(F.col("reason").isNull() & (F.col("due_ds") > F.lit(ds)), why))
+        .drop("item_due")
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting every input's rows
+
+
+MEASURES = ("lines", "lines_in_rows", "rows", "ingested", "deferred", "quarantined", "superseded")
+
+
+def _tally(rows: DataFrame, kind: str, origin: str, measure: str) -> DataFrame:
+    """(kind, origin, input, measure, n): `rows` counted per input."""
+    return rows.groupBy("input").count().select(
+        F.lit(kind).alias("kind"), F.lit(origin).alias("origin"), "input", F.lit(measure).alias("measure"),
+        F.col("count").alias("n"),
+    )  # fmt: skip
+
+
+def _totals(rows: DataFrame, kind: str, origin: str, physical: DataFrame | None = None) -> DataFrame:
+    """Rows, the lines they span, and the input's physical records (from `input_lines`, or `physical`
+    counted per input) as tallies."""
+    spans = rows.groupBy("input").agg(
+        F.count("*").alias("rows"), F.sum("lines").alias("lines_in_rows"), F.max("input_lines").alias("lines")
+    ) if physical is None else rows.groupBy("input").agg(
+        F.count("*").alias("rows"), F.sum("lines").alias("lines_in_rows")
+    )  # fmt: skip
+    measures = ["rows", "lines_in_rows"] + (["lines"] if physical is None else [])
+    tallies = [
+        spans.select(F.lit(kind), F.lit(origin), "input", F.lit(m), F.col(m).cast("long")).toDF(
+            "kind", "origin", "input", "measure", "n"
+        )
+        for m in measures
+    ]
+    if physical is not None:
+        tallies.append(_tally(physical, kind, origin, "lines"))
+    return _union(*tallies)
+
+
+def account_inputs(tallies: list) -> list[InputAccount]:
+    """InputAccounts from (kind, origin, input, measure, n) rows, sources first, then by kind and input."""
+    accounts: dict[tuple[str, str, str], InputAccount] = {}
+    for row in tallies:
+        key = (row["origin"], row["kind"], row["input"])
+        account = accounts.setdefault(key, InputAccount(row["input"], row["kind"], row["origin"]))
+        setattr(account, row["measure"], getattr(account, row["measure"]) + int(row["n"] or 0))
+    order = {SOURCE: 0, CARRIED: 1}
+    return sorted(accounts.values(), key=lambda a: (order.get(a.origin, 2), a.kind, a.input))
+
+
+def check_accounts(accounts: list[InputAccount]) -> None:
+    """Raises IngestAccountingError naming every input whose rows do not add up."""
+    problems = [f"{a.kind} {a.input} ({a.origin}): {p}" for a in accounts for p in a.problems()]
+    if problems:
+        raise IngestAccountingError(
+            "ingest would lose or invent rows, so it wrote nothing: " + "; ".join(problems)
+        )
+
+
+def _sum_accounts(report: IngestReport) -> None:
+    """The report's per-kind totals, summed over its inputs (the source's and the deferred table's)."""
+    for kind in ("items", "interactions"):
+        chosen = [a for a in report.inputs if a.kind == kind]
+        for measure in ("rows", "deferred", "quarantined", "superseded"):
+            name = f"{kind}_{'read' if measure == 'rows' else measure}"
+            setattr(report, name, sum(getattr(a, measure) for a in chosen))
+    report.extras_read = {}
+    for account in report.inputs:
+        if account.kind not in ("items", "interactions"):
+            report.extras_read[account.kind] = report.extras_read.get(account.kind, 0) + account.rows
+
+
+def _settled(frame: DataFrame) -> DataFrame:
+    """`frame` computed now and kept, its plan cut to a scan of the result.
+
+    Every later step (the counts, the merges, the quarantine and deferred writes) reads these frames;
+    with the whole validation plan under each, Spark spends minutes planning the count of every input.
+    Computed before any write, they also stay as they were read while the run changes the tables.
+    """
+    return frame.localCheckpoint(eager=True)
 
 
 def _union(*frames: DataFrame) -> DataFrame:
@@ -530,6 +851,15 @@ def _merge_interactions(table: DeltaTable, staged: DataFrame, ds: dt.date) -> No
 # Report
 
 
+INPUT_COLUMNS = ("input", "kind", "origin", "lines", "rows", "ingested", "deferred", "quarantined", "superseded")
+
+
+def input_row(account: InputAccount | dict) -> tuple:
+    """One input's cells in INPUT_COLUMNS order (the run report shows the same table)."""
+    values = asdict(account) if isinstance(account, InputAccount) else account
+    return tuple(values.get(column, "") for column in INPUT_COLUMNS)
+
+
 def write_report(config: PipelineConfig, report: IngestReport) -> Path:
     """`<artifacts>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
     folder = config.reports_dir / report.ds
@@ -544,18 +874,29 @@ def write_report(config: PipelineConfig, report: IngestReport) -> Path:
         "",
         f"Source: `{report.source}`. Took {report.seconds} s.",
         "",
-        "| | read | new | changed | unchanged | deferred (after run date) | quarantined |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| | read | new | changed | unchanged | deferred (not due by run date) | quarantined | superseded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| items | {report.items_read} | {report.items_new} | {report.items_changed} | "
-        f"{report.items_unchanged} | {report.items_deferred} | {report.items_quarantined} |",
+        f"{report.items_unchanged} | {report.items_deferred} | {report.items_quarantined} | "
+        f"{report.items_superseded} |",
         f"| interactions | {report.interactions_read} | {report.interactions_new} | "
         f"{report.interactions_changed} | {report.interactions_unchanged} | "
-        f"{report.interactions_deferred} | {report.interactions_quarantined} |",
+        f"{report.interactions_deferred} | {report.interactions_quarantined} | {report.interactions_superseded} |",
         "",
-        f"Tables after the run: catalog {report.catalog_rows} rows, interactions {report.interactions_rows} rows.",
+        f"Tables after the run: catalog {report.catalog_rows} rows, interactions {report.interactions_rows} rows, "
+        f"deferred {report.deferred_rows} rows.",
         "",
         "Extra inputs read (rows): "
         + (", ".join(f"{k} {v}" for k, v in sorted(report.extras_read.items())) or "none"),
+        "",
+        "## Every input: rows read = ingested + deferred + quarantined + superseded",
+        "",
+        "Lines are the input's physical records, counted before parsing (non-blank lines after a CSV's "
+        "header, Parquet rows, media files, rows due in `deferred`); every one of them is in some row.",
+        "",
+        "| " + " | ".join(INPUT_COLUMNS) + " |",
+        "|---|---|---|" + "---:|" * (len(INPUT_COLUMNS) - 3),
+        *("| " + " | ".join(str(cell) for cell in input_row(account)) + " |" for account in report.inputs),
         "",
         "## Quarantined rows by reason",
         "",
@@ -586,6 +927,11 @@ def log_report(report: IngestReport) -> None:
         report.interactions_changed, report.interactions_unchanged, report.interactions_deferred,
         report.interactions_quarantined,
     )  # fmt: skip
+    for a in report.inputs:
+        log.info(
+            "%s %s (%s): %d lines, %d rows = ingested %d + deferred %d + quarantined %d + superseded %d",
+            a.kind, a.input, a.origin, a.lines, a.rows, a.ingested, a.deferred, a.quarantined, a.superseded,
+        )  # fmt: skip
     for reason, n in sorted(report.quarantine_by_reason.items()):
         log.info("quarantined %d: %s", n, reason)
     log.info("ingest done in %.1f s", report.seconds)

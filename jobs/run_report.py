@@ -74,6 +74,7 @@ class RunReport:
     quarantine_note: str = ""
     evaluation: list = field(default_factory=list)  # per dataset: {dataset, tables, targets}
     gate: dict | None = None  # {passed, published, previous_ds, checks, drift}; None without publish.json
+    ingest_inputs: list = field(default_factory=list)  # ingest.json's `inputs`: one row per input file
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def summarise_stage(stage: str, report: dict) -> StageSummary:
     get = report.get
     summary = StageSummary(stage, "reported", seconds=get("seconds"))
     if stage == "ingest":
-        parts = ("read", "ingested", "deferred", "quarantined")
+        parts = ("read", "ingested", "deferred", "quarantined", "superseded")
         summary.counts = {
             f"{what}_{part}": _number(get(f"{what}_{part}"))
             for what in ("items", "interactions")
@@ -197,6 +198,24 @@ def summarise_stage(stage: str, report: dict) -> StageSummary:
     return summary
 
 
+# The ingest report's per-input columns (jobs.ingest.INPUT_COLUMNS; not imported: this page never
+# loads Spark's modules).
+INGEST_INPUT_COLUMNS = (
+    "input", "kind", "origin", "lines", "rows", "ingested", "deferred", "quarantined", "superseded",
+)  # fmt: skip
+SETTLED = ("ingested", "deferred", "quarantined", "superseded")
+
+
+def unbalanced_inputs(inputs: list[dict]) -> list[str]:
+    """Inputs whose rows do not add up (ingest refuses to write such a run; an edited report might)."""
+    problems = []
+    for row in inputs:
+        settled = sum(_number(row.get(part)) for part in SETTLED)
+        if _number(row.get("rows")) != settled or _number(row.get("lines")) != _number(row.get("lines_in_rows")):
+            problems.append(f"{row.get('input')}: {row.get('rows')} rows read, {settled} accounted for")
+    return problems
+
+
 def evaluation_tables(dataset: str, report: dict) -> dict:
     """One dataset's metrics as {protocol: [{model, metric@k: value}]}, best nDCG@10 first, and its targets."""
     metrics = pd.DataFrame(report.get("metrics") or [])
@@ -241,6 +260,9 @@ def build_run_report(
                 summary = summarise_stage(stage, payload)
                 if stage.startswith("evaluate_"):
                     run.evaluation.append(evaluation_tables(stage.removeprefix("evaluate_"), payload))
+                if stage == "ingest":
+                    run.ingest_inputs = list(payload.get("inputs") or [])
+                    run.problems += [f"ingest: {p}" for p in unbalanced_inputs(run.ingest_inputs)]
                 if stage == "publish":
                     run.gate = {
                         k: payload.get(k) for k in ("passed", "published", "previous_ds", "checks", "drift")
@@ -347,6 +369,12 @@ def sections(run: RunReport) -> list[Section]:
     """The report's sections in reading order, as plain text cells."""
     stage_header = ("stage", "status", "seconds", "counts", "outcome", "reports")
     result = [Section("Stages", 2, "", stage_header, tuple(_stage_row(s) for s in run.stages))]
+    if run.ingest_inputs:
+        cells = tuple(
+            tuple(_value_text(row.get(column)) for column in INGEST_INPUT_COLUMNS) for row in run.ingest_inputs
+        )
+        text = "Every input: rows read = ingested + deferred + quarantined + superseded."
+        result.append(Section("Ingest inputs", 2, text, INGEST_INPUT_COLUMNS, cells, link="ingest.md"))
     if run.quarantine:
         quarantined = tuple((q["stage"], q["reason"], str(q["rows"])) for q in run.quarantine)
         result.append(Section("Quarantined rows", 2, "", ("stage", "reason", "rows"), quarantined))

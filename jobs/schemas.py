@@ -102,6 +102,29 @@ QUARANTINE = TableSpec(
     ),
 )
 
+DEFERRED = TableSpec(
+    name="deferred",
+    description=(
+        "Rows ingest read but may not ingest yet (an event after the run date, an item not yet available), "
+        "kept until the first run date they are due. Partitioned by the run date that deferred them."
+    ),
+    partition_by=("deferred_ds",),
+    schema=StructType(
+        [
+            _field("deferred_ds", DateType(), False, "run date whose ingest read and deferred the row"),
+            _field("kind", StringType(), False, "items | interactions"),
+            _field("item_id", LongType(), False),
+            _field("user_id", LongType(), comment="the event's user; null for an item"),
+            _field("row_key", StringType(), False, "the row's identity: the item id, or the interaction's key"),
+            _field("due_ds", DateType(), False, "the first run date that ingests the row"),
+            _field("reason", StringType(), False, "why it waits, a fixed phrase"),
+            _field("input", StringType(), False, "the file the row was read from"),
+            _field("record", StringType(), False, "the validated row as JSON, as it will be merged"),
+            _field("deferred_at", TimestampType(), False),
+        ]
+    ),
+)
+
 # Feature tables: one per modality, all with this schema (`features_text`, `features_image`, …,
 # `features_<name>` for imported vectors).
 FEATURE_STATUSES = ("ok", "failed", "missing")
@@ -222,7 +245,9 @@ RECOMMENDATIONS = TableSpec(
     ),
 )
 
-ALL_TABLES = (CATALOG, INTERACTIONS, QUARANTINE, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS, RECOMMENDATIONS)
+ALL_TABLES = (
+    CATALOG, INTERACTIONS, QUARANTINE, DEFERRED, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS, RECOMMENDATIONS,
+)  # fmt: skip
 
 
 def column_names(spec: TableSpec) -> list[str]:

@@ -5,21 +5,36 @@ every field stays a string, and a row whose layout is broken keeps its raw text 
 `malformed` reason. Validation, typing and quarantine happen once, in `jobs.ingest`, for all formats.
 
 Canonical frames (every column a string unless noted):
-- items:        ITEM_FIELDS + source_file, record, malformed, row_order (long)
-- interactions: INTERACTION_FIELDS + source_file, record, malformed, row_order (long)
-- extras:       item_id + the extra's value columns + source_file, record, malformed, row_order
+- items:        ITEM_FIELDS + META_FIELDS
+- interactions: INTERACTION_FIELDS + META_FIELDS
+- extras:       item_id + the extra's value columns + META_FIELDS
+
+META_FIELDS say where each row came from, so ingest can account for every physical record it read:
+`input` is the file (or media folder) the row is counted against, `lines` how many physical records
+the row spans (non-blank lines of a CSV, 1 for a Parquet row or a media file) and `input_lines` how
+many physical records the whole input holds, counted before any record is parsed. For every input,
+`input_lines` = the sum of `lines` over its rows: a reader never swallows a line into another row
+without saying so.
+
+A malformed CSV line costs that line only. Quoted fields may span lines only where a layout needs it
+(catalogs and overviews, `multiline=True`); there a record is re-joined from physical lines only while a
+quote is open, for at most `MAX_RECORD_LINES` lines, and only when the result has the header's number of
+fields. Otherwise the opening line alone is quarantined ("unterminated quote") and the next line starts
+a record of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from jobs.media_files import media_folder_entry, sha256_of_media_file
 
@@ -30,7 +45,12 @@ ITEM_FIELDS = (
     "poster_path", "audio_path", "video_path", "available_from",
 )  # fmt: skip
 INTERACTION_FIELDS = ("user_id", "item_id", "rating", "weight", "event_time", "source")
-META_FIELDS = ("source_file", "record", "malformed", "row_order")
+META_FIELDS = ("source_file", "record", "malformed", "row_order", "input", "lines", "input_lines")
+
+UNTERMINATED_QUOTE = "malformed row: unterminated quote"
+# The most physical lines one quoted CSV record may span (an overview with paragraphs): the bound on
+# what an unterminated quote can ever be mistaken to swallow.
+MAX_RECORD_LINES = 200
 
 # ml-100k's u.item carries 19 genre flags in this order (its u.genre file).
 ML100K_GENRES = (
@@ -72,11 +92,36 @@ class RawSource:
 
 
 def _with_meta(df: DataFrame, record: Column, malformed: Column) -> DataFrame:
+    """Adds META_FIELDS to a frame with `source_file`, `input`, `lines` and `input_lines` already set."""
     return (
-        df.withColumn("source_file", F.col("_metadata.file_path"))
-        .withColumn("record", record)
+        df.withColumn("record", record)
         .withColumn("malformed", malformed)
         .withColumn("row_order", F.monotonically_increasing_id())
+    )
+
+
+def _count_per_file(lines: DataFrame, header: bool) -> DataFrame:
+    """(source_file, first_order, input_lines): a small frame, one row per file, joined back by file.
+
+    `input_lines` counts the file's non-blank lines, less its header: the physical records it holds.
+    """
+    return lines.groupBy("source_file").agg(
+        F.min("row_order").alias("first_order"),
+        (F.count(F.when(F.trim("line") != "", True)) - F.lit(1 if header else 0)).alias("input_lines"),
+    )
+
+
+def read_text_lines(spark: SparkSession, path: Path) -> DataFrame:
+    """(line, source_file, row_order): every physical line of a UTF-8 text file or folder, in file order.
+
+    Spark's text source splits lines on \n, \r\n or \r and never looks at quotes. Invalid UTF-8 becomes
+    U+FFFD here, as the CSV reader decodes it, so later checks see it and Delta stores valid text.
+    """
+    _require_file(path)
+    return spark.read.text(str(path)).select(
+        F.decode(F.encode("value", "UTF-8"), "UTF-8").alias("line"),
+        F.col("_metadata.file_path").alias("source_file"),
+        F.monotonically_increasing_id().alias("row_order"),
     )
 
 
@@ -96,52 +141,209 @@ def read_delimited(
         .option("header", False)
         .schema("line STRING")
         .csv(str(path))
+        .select("line", F.col("_metadata.file_path").alias("source_file"))
         .where(F.trim("line") != "")
+        .withColumn("row_order", F.monotonically_increasing_id())
     )
+    per_file = _count_per_file(lines, header=False).drop("first_order")
+    lines = lines.drop("row_order").join(F.broadcast(per_file), "source_file")
     fields = F.split("line", separator_regex, -1)
-    df = lines.select("*", *(F.get(fields, i).alias(name) for i, name in enumerate(columns)), "_metadata")
+    df = lines.select(
+        "*",
+        *(F.get(fields, i).alias(name) for i, name in enumerate(columns)),
+        F.col("source_file").alias("input"),
+        F.lit(1).alias("lines"),
+    )
     malformed = F.when(
         F.size(fields) != len(columns),
         F.format_string(f"malformed row: expected {len(columns)} fields, found %d", F.size(fields)),
     )
-    return _with_meta(df, F.col("line"), malformed).drop("line", "_metadata")
+    return _with_meta(df, F.col("line"), malformed).drop("line")
 
 
-def read_csv_with_header(spark: SparkSession, path: Path, encoding: str = "UTF-8") -> DataFrame:
-    """A quoted CSV with a header: every column a string, named as in the header.
+# ---------------------------------------------------------------------------------------------------
+# Quoted CSV records: pure Python, so the rule for what one record is can be tested without Spark
 
-    One trailing column beyond the header catches rows with extra fields, which Spark's CSV reader
-    would otherwise drop without a word.
+
+@dataclass
+class CsvScan:
+    """Where a CSV scanner stands after some text: inside a quoted field or not, and fields seen."""
+
+    fields: int = 1
+    in_quotes: bool = False
+    quote_pending: bool = False  # a quote inside a quoted field: it closes the field unless another follows
+    at_field_start: bool = True
+
+    @property
+    def open(self) -> bool:
+        return self.in_quotes and not self.quote_pending
+
+    def feed(self, text: str, separator: str = ",") -> CsvScan:
+        """Scans `text` as RFC 4180 CSV with `"` quotes and `""` escapes, as Spark's parser reads it."""
+        for char in text:
+            if self.in_quotes:
+                if self.quote_pending:
+                    self.quote_pending = False
+                    if char == '"':  # "" is a quote inside the field
+                        continue
+                    self.in_quotes = False  # the quote closed the field; this char is outside it
+                elif char == '"':
+                    self.quote_pending = True
+                    continue
+                else:
+                    continue
+            if char == separator:
+                self.fields += 1
+                self.at_field_start = True
+            elif char == '"' and self.at_field_start:
+                self.in_quotes, self.at_field_start = True, False
+            else:
+                # A quote inside an unquoted field is a literal character, as Spark reads it.
+                self.at_field_start = False
+        return self
+
+
+@dataclass(frozen=True)
+class CsvRecord:
+    first_line: int  # index of its first physical line among the lines given
+    lines: int  # non-blank physical lines it spans
+    text: str
+    malformed: str | None = None
+
+
+def assemble_csv_records(
+    lines: list[str], expected_fields: int, max_record_lines: int = MAX_RECORD_LINES
+) -> Iterator[CsvRecord]:
+    """Physical lines (after the header) into CSV records, where a quoted field may hold line breaks.
+
+    A line that leaves a quote open is joined with the lines after it until the quote closes, but only
+    within `max_record_lines` and only when the joined record has `expected_fields` fields. Anything else
+    is an unterminated quote: that one line is a malformed record and the next line starts afresh, so a
+    stray quote costs its own line, never the good lines after it. Blank lines between records are not
+    records (Spark's CSV reader skips them too); inside a quoted field they are part of the text.
     """
-    _require_file(path)
-    header = spark.read.option("header", True).option("encoding", encoding).csv(str(path)).columns
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.strip() == "":
+            index += 1
+            continue
+        scan = CsvScan().feed(line)
+        end = index
+        while scan.open and end + 1 < len(lines) and end - index + 1 < max_record_lines:
+            end += 1
+            scan.feed("\n" + lines[end])
+        span = lines[index : end + 1]
+        if not scan.open and (end == index or scan.fields == expected_fields):
+            yield CsvRecord(index, sum(1 for part in span if part.strip()), "\n".join(span))
+            index = end + 1
+        else:
+            yield CsvRecord(index, 1, line, UNTERMINATED_QUOTE)
+            index += 1
+
+
+_RECORDS = StructType(
+    [
+        StructField("source_file", StringType()),
+        StructField("row_order", LongType()),
+        StructField("record", StringType()),
+        StructField("lines", LongType()),
+        StructField("malformed", StringType()),
+    ]
+)
+
+
+def _records_of_file(expected_fields: int):
+    def records(lines: pd.DataFrame) -> pd.DataFrame:
+        lines = lines.sort_values("row_order")
+        texts, orders = lines["line"].tolist()[1:], lines["row_order"].tolist()[1:]  # [0] is the header
+        rows = [
+            (record.text, orders[record.first_line], record.lines, record.malformed)
+            for record in assemble_csv_records(texts, expected_fields)
+        ]
+        frame = pd.DataFrame(rows, columns=["record", "row_order", "lines", "malformed"])
+        frame.insert(0, "source_file", lines["source_file"].iloc[0])
+        return frame[list(_RECORDS.fieldNames())]
+
+    return records
+
+
+def read_csv_with_header(spark: SparkSession, path: Path, multiline: bool = False) -> DataFrame:
+    """A quoted UTF-8 CSV with a header: every column a string, named as in the header.
+
+    The file is read as physical lines first and each record parsed on its own (`from_csv`), so a
+    broken line keeps its raw text for quarantine and cannot take other lines with it. With
+    `multiline`, quoted fields may span lines (see `assemble_csv_records`); without it every non-blank
+    line is one record and a line with an odd number of quotes is an unterminated quote. One trailing
+    column beyond the header catches rows with extra fields, which a CSV parser would drop silently.
+    """
+    header = spark.read.option("header", True).csv(str(path)).columns
+    lines = read_text_lines(spark, path)
+    per_file = _count_per_file(lines, header=True)
+    if multiline:
+        # One task per file: re-joining records needs its lines in order. Only small files (catalogs,
+        # overviews) take this path; interactions are read line by line.
+        records = (
+            lines.groupBy("source_file")
+            .applyInPandas(_records_of_file(len(header)), _RECORDS)
+            .join(F.broadcast(per_file.drop("first_order")), "source_file")
+        )
+    else:
+        # A field that opens a quote and never closes it on this line: what is left once every
+        # well-formed quoted field ("..." with "" escapes, between separators) is taken out.
+        unquoted = F.regexp_replace("line", r'(^|,)"(?:[^"]|"")*"(?=,|$)', "$1")
+        records = (
+            lines.join(F.broadcast(per_file), "source_file")
+            .where((F.col("row_order") != F.col("first_order")) & (F.trim("line") != ""))
+            .select(
+                "source_file",
+                "row_order",
+                F.col("line").alias("record"),
+                F.lit(1).cast("long").alias("lines"),
+                F.when(unquoted.rlike(r'(^|,)"'), F.lit(UNTERMINATED_QUOTE)).alias("malformed"),
+                "input_lines",
+            )
+        )
     schema = ", ".join(f"`{name}` STRING" for name in header) + ", `_extra_field` STRING"
-    df = (
-        spark.read.option("header", True)
-        .option("enforceSchema", True)
-        .option("multiLine", True)  # overviews hold quoted newlines
-        .option("escape", '"')
-        .option("encoding", encoding)
-        .schema(schema)
-        .csv(str(path))
-        .select("*", "_metadata")
+    parsed = F.from_csv(F.col("record"), schema, {"escape": '"'})
+    extra_field = F.when(parsed["_extra_field"].isNotNull(), F.lit("malformed row: more fields than the header"))
+    return records.select(
+        *(parsed[name].alias(name) for name in header),
+        "source_file",
+        "record",
+        F.coalesce("malformed", extra_field).alias("malformed"),
+        "row_order",
+        F.col("source_file").alias("input"),
+        "lines",
+        "input_lines",
     )
-    record = F.to_json(F.struct(*(F.col(f"`{name}`") for name in header)))
-    malformed = F.when(F.col("_extra_field").isNotNull(), F.lit("malformed row: more fields than the header"))
-    return _with_meta(df, record, malformed).drop("_extra_field", "_metadata")
 
 
-def read_table_file(spark: SparkSession, path: Path) -> DataFrame:
-    """A CSV (with header) or Parquet file, every column as a string."""
+def read_table_file(spark: SparkSession, path: Path, multiline: bool = False) -> DataFrame:
+    """A CSV (with header) or Parquet file, every column as a string; `multiline` as for a CSV."""
     if path.suffix.lower() in {".parquet", ".pq"} or path.is_dir():
         _require_file(path)
-        df = spark.read.parquet(str(path)).select("*", "_metadata")
-        columns = [name for name in df.columns if name != "_metadata"]
-        as_strings = [F.col(f"`{name}`").cast("string").alias(name) for name in columns]
-        df = df.select(*as_strings, "_metadata")
-        record = F.to_json(F.struct(*(F.col(f"`{name}`") for name in columns)))
-        return _with_meta(df, record, F.lit(None).cast("string")).drop("_metadata")
-    return read_csv_with_header(spark, path)
+        df = spark.read.parquet(str(path)).select("*", F.col("_metadata.file_path").alias("source_file"))
+        columns = [name for name in df.columns if name != "source_file"]
+        # A Parquet file's rows are its physical records: counted from the file, per file.
+        per_file = spark.read.parquet(str(path)).groupBy(F.col("_metadata.file_path").alias("source_file")).count()
+        df = df.select(
+            *(F.col(f"`{name}`").cast("string").alias(name) for name in columns),
+            F.to_json(F.struct(*(F.col(f"`{name}`") for name in columns))).alias("record"),
+            "source_file",
+        )
+        df = df.join(F.broadcast(per_file.withColumnRenamed("count", "input_lines")), "source_file").select(
+            *columns,
+            "source_file",
+            "record",
+            F.lit(None).cast("string").alias("malformed"),
+            F.monotonically_increasing_id().alias("row_order"),
+            F.col("source_file").alias("input"),
+            F.lit(1).cast("long").alias("lines"),
+            "input_lines",
+        )
+        return df
+    return read_csv_with_header(spark, path, multiline)
 
 
 def _require_file(path: Path) -> None:
@@ -257,7 +459,7 @@ def read_generic(
     media_root: Path | None = None,
     rating_range: tuple[float, float] = (0.0, 5.0),
 ) -> RawSource:
-    items = read_table_file(spark, catalog)
+    items = read_table_file(spark, catalog, multiline=True)  # overviews may hold quoted line breaks
     _require_columns(items, ("item_id", "title"), catalog)
     events = read_table_file(spark, interactions)
     _require_columns(events, ("user_id", "item_id"), interactions)
@@ -285,7 +487,7 @@ def _require_columns(df: DataFrame, required: tuple[str, ...], path: Path) -> No
 
 def read_overviews(spark: SparkSession, path: Path) -> Extra:
     """A CSV with an item id column (`item_id` or MovieLens' `movieId`) and an `overview` column."""
-    df = read_csv_with_header(spark, path)
+    df = read_csv_with_header(spark, path, multiline=True)
     if "item_id" not in df.columns and "movieId" in df.columns:
         df = df.withColumnRenamed("movieId", "item_id")
     _require_columns(df, ("item_id", "overview"), path)
@@ -327,6 +529,10 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
         F.col("entry").alias("record"),
         "malformed",
         F.monotonically_increasing_id().alias("row_order"),
+        # The folder is the input: each file is one of its records.
+        F.lit(str(directory)).alias("input"),
+        F.lit(1).cast("long").alias("lines"),
+        F.lit(len(listed)).cast("long").alias("input_lines"),
     )
     return Extra(kind, rows)
 

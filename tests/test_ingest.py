@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from conftest import SMALL_DEMO
 from jobs import cli, lake
 from jobs.demo_data import generate_demo_data
 from jobs.ingest import IngestReport, IngestRequest, run_ingest
-from jobs.schemas import CATALOG, INTERACTIONS, QUARANTINE
+from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, QUARANTINE
 
 pytestmark = pytest.mark.spark
 
@@ -36,10 +37,17 @@ def quarantine_reasons(spark, config, ds: dt.date) -> Counter:
 
 
 def assert_nothing_dropped(report: IngestReport) -> None:
-    assert report.items_read == report.items_ingested + report.items_deferred + report.items_quarantined
-    assert report.interactions_read == (
-        report.interactions_ingested + report.interactions_deferred + report.interactions_quarantined
+    assert report.items_read == (
+        report.items_ingested + report.items_deferred + report.items_quarantined + report.items_superseded
     )
+    assert report.interactions_read == (
+        report.interactions_ingested
+        + report.interactions_deferred
+        + report.interactions_quarantined
+        + report.interactions_superseded
+    )
+    for account in report.inputs:
+        assert account.problems() == [], account
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -91,7 +99,7 @@ def test_demo_data_lands_whole_and_a_rerun_changes_nothing(spark, lake_config, s
     assert sum(quarantine_reasons(spark, lake_config, END).values()) == 4
 
     report = lake_config.reports_dir / END.isoformat() / "ingest.md"
-    assert "| items | 40 | 0 | 0 | 40 | 0 | 0 |" in report.read_text()
+    assert "| items | 40 | 0 | 0 | 40 | 0 | 0 | 0 |" in report.read_text()
 
     # `modalrank tables` reads the same tables through delta-rs, without Spark.
     assert cli.main(["tables", "--lake", lake_config.lake]) == 0
@@ -371,3 +379,142 @@ def test_ml_latest_small_with_overviews_and_posters(spark, lake_config):
     assert deltalake.DeltaTable(lake_config.table_path("catalog")).to_pyarrow_table().num_rows == 9742
     ratings = deltalake.DeltaTable(lake_config.table_path("interactions")).to_pandas()
     assert len(ratings) == 100836 and ratings["rating"].between(0.5, 5.0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nothing vanishes: every input's rows add up, a stray quote costs one line, deferred rows wait in the lake
+
+
+def accounts(report: IngestReport) -> dict[tuple[str, str], tuple]:
+    """{(file name, origin): (lines, rows, ingested, deferred, quarantined, superseded)}."""
+    return {
+        (Path(a.input).name, a.origin): (a.lines, a.rows, a.ingested, a.deferred, a.quarantined, a.superseded)
+        for a in report.inputs
+    }
+
+
+def test_an_unterminated_quote_costs_its_line_and_every_file_adds_up(spark, lake_config, tmp_path):
+    from jobs.run_report import write_run_report
+
+    ds = dt.date(2026, 11, 25)
+    (tmp_path / "catalog.csv").write_text(
+        "item_id,title,overview,genres,available_from\n"
+        '1,First,"A plot\nover two lines",Drama,\n'
+        '2,"Broken title,no closing quote,Drama,\n'
+        "3,Third,Plain,Comedy,\n"
+        '4,Fourth,"Quoted ""word""",Drama,\n'
+    )
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,rating,weight,event_time,source\n"
+        "1,1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        '2,3,"3.5,,2026-11-20T10:00:00Z,demo\n'
+        "3,3,5.0,,2026-11-20T11:00:00Z,demo\n"
+        "\n"
+        "4,4,2.0,,2026-11-20T12:00:00Z,demo\n"
+    )
+    report = ingest(
+        spark, lake_config, ds=ds, catalog=tmp_path / "catalog.csv", interactions=tmp_path / "interactions.csv"
+    )
+    assert_nothing_dropped(report)
+    # lines (non-blank, after the header), rows, ingested, deferred, quarantined, superseded
+    assert accounts(report) == {
+        ("catalog.csv", "source"): (5, 4, 3, 0, 1, 0),
+        ("interactions.csv", "source"): (4, 4, 3, 0, 1, 0),
+    }
+    catalog = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert set(catalog) == {1, 3, 4}
+    assert catalog[1]["overview"] == "A plot\nover two lines"
+    assert catalog[4]["overview"] == 'Quoted "word"'
+    assert {(r["user_id"], r["item_id"]) for r in rows(spark, lake_config, INTERACTIONS)} == {
+        (1, 1),
+        (3, 3),
+        (4, 4),
+    }
+    quarantined = sorted((r["record"], r["reason"]) for r in rows(spark, lake_config, QUARANTINE))
+    assert quarantined == [
+        ('2,"Broken title,no closing quote,Drama,', "malformed row: unterminated quote"),
+        ('2,3,"3.5,,2026-11-20T10:00:00Z,demo', "malformed row: unterminated quote"),
+    ]
+
+    # The per-file table is in the ingest report (JSON and Markdown) and in the run report.
+    folder = lake_config.reports_dir / ds.isoformat()
+    payload = json.loads((folder / "ingest.json").read_text())
+    by_name = {Path(row["input"]).name: row for row in payload["inputs"]}
+    assert (by_name["catalog.csv"]["rows"], by_name["catalog.csv"]["quarantined"]) == (4, 1)
+    assert "| items | source | 5 | 4 | 3 | 0 | 1 | 0 |" in (folder / "ingest.md").read_text()
+    run = write_run_report(lake_config, ds)
+    assert [row["rows"] for row in run.ingest_inputs] == [4, 4]
+    assert "| interactions | source | 4 | 4 | 3 | 0 | 1 | 0 |" in (folder / "run.md").read_text()
+
+
+def test_deferred_rows_arrive_on_their_date_without_the_source_being_sent_again(spark, lake_config, tmp_path):
+    day1, day2, day3 = dt.date(2026, 11, 20), dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+    header = "user_id,item_id,rating,weight,event_time,source\n"
+
+    def sources(day: dt.date, catalog: str, events: str) -> dict:
+        folder = tmp_path / day.isoformat()
+        folder.mkdir(exist_ok=True)
+        (folder / "catalog.csv").write_text("item_id,title,available_from\n" + catalog)
+        (folder / "interactions.csv").write_text(header + events)
+        return {"ds": day, "catalog": folder / "catalog.csv", "interactions": folder / "interactions.csv"}
+
+    first = ingest(
+        spark,
+        lake_config,
+        **sources(
+            day1,
+            "1,Now,2026-11-01\n2,Later,2026-11-22\n",
+            "10,1,4.0,,2026-11-20T09:00:00Z,demo\n"  # due: ingested
+            "10,1,3.0,,2026-11-21T09:00:00Z,demo\n"  # tomorrow's event
+            "11,2,5.0,,2026-11-20T10:00:00Z,demo\n"  # today's event, but its item is not out until day 3
+            "12,1,2.0,,2026-11-23T10:00:00Z,demo\n",  # after the last run here: still waiting at the end
+        ),
+    )
+    assert_nothing_dropped(first)
+    assert accounts(first) == {
+        ("catalog.csv", "source"): (2, 2, 1, 1, 0, 0),
+        ("interactions.csv", "source"): (4, 4, 1, 3, 0, 0),
+    }
+    waiting = {(r["kind"], r["row_key"]): r for r in rows(spark, lake_config, DEFERRED)}
+    assert sorted((kind, str(r["due_ds"]), r["reason"]) for (kind, _), r in waiting.items()) == [
+        ("interactions", "2026-11-21", "event after the run date"),
+        ("interactions", "2026-11-22", "item not yet available"),
+        ("interactions", "2026-11-23", "event after the run date"),
+        ("items", "2026-11-22", "available_from after the run date"),
+    ]
+
+    # Day 2: no catalog rows; the interactions file re-sends tomorrow's event and adds one. The deferred
+    # copy is superseded by the source's (one row, not two); the rest keep waiting.
+    second_sources = sources(
+        day2, "", "10,1,3.0,,2026-11-21T09:00:00Z,demo\n13,1,1.0,,2026-11-21T12:00:00Z,demo\n"
+    )
+    second = ingest(spark, lake_config, **second_sources)
+    assert_nothing_dropped(second)
+    assert accounts(second) == {
+        ("interactions.csv", "source"): (2, 2, 2, 0, 0, 0),
+        ("interactions.csv", "deferred"): (1, 1, 0, 0, 0, 1),
+    }
+    assert len(rows(spark, lake_config, INTERACTIONS)) == 3
+    assert {r["item_id"] for r in rows(spark, lake_config, CATALOG)} == {1}
+
+    # Day 3: nothing sent at all. Item 2 and its event come out of `deferred` into the lake.
+    third = ingest(spark, lake_config, **sources(day3, "", ""))
+    assert_nothing_dropped(third)
+    assert accounts(third) == {
+        ("catalog.csv", "deferred"): (1, 1, 1, 0, 0, 0),
+        ("interactions.csv", "deferred"): (1, 1, 1, 0, 0, 0),
+    }
+    catalog = {r["item_id"]: r for r in rows(spark, lake_config, CATALOG)}
+    assert set(catalog) == {1, 2} and catalog[2]["title"] == "Later" and catalog[2]["first_seen_ds"] == day3
+    events = {(r["user_id"], r["item_id"], r["event_time"]): r for r in rows(spark, lake_config, INTERACTIONS)}
+    assert len(events) == 4
+    assert events[(11, 2, dt.datetime(2026, 11, 20, 10, 0))]["ingested_ds"] == day3
+    assert [str(r["due_ds"]) for r in rows(spark, lake_config, DEFERRED)] == ["2026-11-23"]
+
+    # Day 2 again, after day 3: it takes in nothing from `deferred` (nothing is due by day 2 that day 3
+    # did not already take), and leaves the lake and the waiting row as they were.
+    again = ingest(spark, lake_config, **second_sources)
+    assert accounts(again) == {("interactions.csv", "source"): (2, 2, 2, 0, 0, 0)}
+    assert (again.interactions_new, again.interactions_unchanged) == (0, 2)
+    assert len(rows(spark, lake_config, INTERACTIONS)) == 4
+    assert [str(r["due_ds"]) for r in rows(spark, lake_config, DEFERRED)] == ["2026-11-23"]

@@ -125,3 +125,64 @@ class TestCliErrors:
             cli.main(["ingest", "--ds", "25/11/2026", "--movielens", "x"])
         assert exit_info.value.code == 2
         assert "run date '25/11/2026' is not valid: a date as YYYY-MM-DD" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# What one CSV record is: a stray quote costs its own line, never the lines after it
+
+
+def test_quoted_line_breaks_join_lines_into_one_record():
+    from jobs.sources import assemble_csv_records
+
+    lines = ['1,First,"A plot', "", 'over lines",Drama', "2,Second,Plain,Comedy"]
+    records = list(assemble_csv_records(lines, expected_fields=4))
+    assert [(r.first_line, r.lines, r.malformed) for r in records] == [(0, 2, None), (3, 1, None)]
+    assert records[0].text == '1,First,"A plot\n\nover lines",Drama'
+
+
+def test_an_unterminated_quote_costs_only_its_line():
+    from jobs.sources import UNTERMINATED_QUOTE, assemble_csv_records
+
+    lines = ["1,Good,x,y", '2,"Broken,x,y', "3,Good,x,y", '4,Fourth,"Quoted ""word""",y', "5,Good,x,y"]
+    records = list(assemble_csv_records(lines, expected_fields=4))
+    assert [(r.first_line, r.lines, r.malformed) for r in records] == [
+        (0, 1, None),
+        (1, 1, UNTERMINATED_QUOTE),
+        (2, 1, None),
+        (3, 1, None),
+        (4, 1, None),
+    ]
+    assert records[1].text == '2,"Broken,x,y'
+
+
+def test_a_quote_left_open_to_the_end_of_the_file_or_the_record_limit_is_one_bad_line():
+    from jobs.sources import UNTERMINATED_QUOTE, assemble_csv_records
+
+    lines = ['1,"never closed,x,y'] + [f"{i},Good,x,y" for i in range(2, 12)]
+    for limit in (3, 200):
+        records = list(assemble_csv_records(lines, expected_fields=4, max_record_lines=limit))
+        assert len(records) == 11 and records[0].malformed == UNTERMINATED_QUOTE
+        assert all(r.malformed is None and r.lines == 1 for r in records[1:])
+
+
+def test_a_literal_quote_inside_an_unquoted_field_is_text():
+    from jobs.sources import CsvScan
+
+    assert not CsvScan().feed('6,x"y,z').open
+    assert CsvScan().feed('6,"x').open
+    assert CsvScan().feed('6,"x""y",z').fields == 3
+
+
+def test_accounts_that_do_not_add_up_stop_the_run():
+    from jobs.ingest import IngestAccountingError, InputAccount, check_accounts
+
+    balanced = InputAccount("a.csv", "items", "source", 5, 5, 4, ingested=2, deferred=1, quarantined=1)
+    check_accounts([balanced])
+    lost = InputAccount("b.csv", "interactions", "source", 6, 6, 6, ingested=4, quarantined=1)
+    swallowed = InputAccount("c.csv", "items", "source", 6, 4, 4, ingested=4)
+    with pytest.raises(IngestAccountingError) as error:
+        check_accounts([balanced, lost, swallowed])
+    message = str(error.value)
+    assert "b.csv" in message and "6 rows read but 5 settled" in message
+    assert "c.csv" in message and "6 physical records but rows spanning 4" in message
+    assert "a.csv" not in message

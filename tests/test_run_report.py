@@ -19,7 +19,7 @@ from deltalake import write_deltalake
 
 from jobs import evaluate, extract, fuse, ingest, publish, train
 from jobs.config import load_config
-from jobs.run_report import NO_REPORT, main, write_run_report
+from jobs.run_report import NO_REPORT, build_run_report, main, write_run_report
 
 DS = dt.date(2026, 11, 25)
 DAY = DS.isoformat()
@@ -30,6 +30,13 @@ INGEST = ingest.IngestReport(
     interactions_read=180, interactions_new=168, interactions_deferred=8, interactions_quarantined=4,
     quarantine_by_reason={"duplicate interaction": 1, "unknown item id": 2, "missing user id": 1},
     catalog_rows=40, interactions_rows=168, seconds=50.9,
+    inputs=[
+        ingest.InputAccount("/in/catalog.csv", "items", "source", 42, 42, 42, ingested=40, deferred=2),
+        ingest.InputAccount(
+            "/in/interactions.csv", "interactions", "source", 181, 181, 180, ingested=168, deferred=8,
+            quarantined=4,
+        ),
+    ],
 )  # fmt: skip
 # (ok, failed, missing, up_to_date, seconds, extract_seconds) per modality
 EXTRACTS = {
@@ -177,9 +184,17 @@ def test_a_complete_night_is_counted_as_the_stages_reported_it(config):
     assert {stage["status"] for stage in stages.values()} == {"reported"}
     assert stages["ingest"]["counts"] == {
         "items_read": 42, "items_ingested": 40, "items_deferred": 2, "items_quarantined": 0,
-        "interactions_read": 180, "interactions_ingested": 168, "interactions_deferred": 8,
-        "interactions_quarantined": 4,
+        "items_superseded": 0, "interactions_read": 180, "interactions_ingested": 168,
+        "interactions_deferred": 8, "interactions_quarantined": 4, "interactions_superseded": 0,
     }  # fmt: skip
+    # The ingest report's per-input table, on both pages.
+    assert [(row["input"], row["rows"]) for row in written["ingest_inputs"]] == [
+        ("/in/catalog.csv", 42),
+        ("/in/interactions.csv", 180),
+    ]
+    page = (config.reports_dir / DAY / "run.md").read_text()
+    assert "| /in/interactions.csv | interactions | source | 181 | 180 | 168 | 8 | 4 | 0 |" in page
+    assert "<td>/in/catalog.csv</td>" in (config.reports_dir / DAY / "run.html").read_text()
     for modality, (ok, failed, missing, up_to_date, seconds, extract_seconds) in EXTRACTS.items():
         stage = stages[f"extract_{modality}"]
         assert (stage["seconds"], stage["work_seconds"]) == (seconds, extract_seconds)
@@ -296,3 +311,11 @@ def test_a_failed_gate_is_shown_as_failed_with_nothing_published(config):
     assert re.search(r"<td>coverage</td><td class=\"missed\">FAIL</td>", page)
     assert page.count('class="missed">FAIL</td>') == 1
     assert "Gate FAILED: nothing published." in page
+
+
+def test_an_ingest_input_that_does_not_add_up_is_a_problem():
+    payload = json.loads(json.dumps(asdict(INGEST)))
+    payload["inputs"][1]["quarantined"] = 3  # one row unaccounted for
+    run = build_run_report(DAY, "now", {"ingest": payload}, "no table", [], set())
+    assert "ingest: /in/interactions.csv: 180 rows read, 179 accounted for" in run.problems
+    assert not run.complete
