@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import lake, sources
+from jobs import asof, lake, sources
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
-from jobs.schemas import CATALOG, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
+from jobs.schemas import CATALOG, CATALOG_HISTORY, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
 from jobs.validation import (
@@ -385,8 +385,10 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     not_yet = F.coalesce(F.col("available_from") > F.lit(ds), F.lit(False))
     staged_items = good_items.where(~not_yet)
 
-    # Interactions: items known after this run are the staged ones plus those already in the lake.
-    known_items = staged_items.select("item_id").unionByName(catalog.toDF().select("item_id"))
+    # Interactions: items known after this run are the staged ones plus those the lake knew by `ds`
+    # (not items only a later date ingested: a fresh lake running `ds` would not know them either).
+    known_by_ds = asof.catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
+    known_items = staged_items.select("item_id").unionByName(known_by_ds.select("item_id"))
     events = validate_interactions(raw.interactions, raw.rating_range, known_items).cache()
     future = F.col("event_time") >= F.lit(ds + dt.timedelta(days=1)).cast("timestamp")
     staged_events = events.where(F.col("reason").isNull() & ~future)
@@ -398,7 +400,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     ).first()
     report.items_read, report.items_quarantined = counts["read"], counts["quarantined"]
     report.items_deferred = good_items.where(not_yet).count()
-    _classify_items(report, staged_items, catalog.toDF())
+    _classify_items(report, staged_items, known_by_ds)
     event_counts = events.agg(
         F.count("*").alias("read"),
         F.count("reason").alias("quarantined"),
@@ -412,6 +414,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
         report.extras_read[extra.kind] = extra.rows.count()
 
     now = F.current_timestamp()
+    _record_versions(spark, config, staged_items, ds, now)
     _merge_catalog(catalog, staged_items, ds, now)
     _merge_interactions(interactions_table, staged_events, ds)
 
@@ -469,7 +472,46 @@ def _classify_interactions(report: IngestReport, staged: DataFrame, current: Dat
     report.interactions_unchanged = row["total"] - row["new"] - row["changed"]
 
 
+def _record_versions(
+    spark: SparkSession, config: PipelineConfig, staged: DataFrame, ds: dt.date, now: Column
+) -> None:
+    """`catalog_history` rows for `ds`: each staged item that no earlier ingest read, or whose content
+    differs from the version an earlier ingest recorded last.
+
+    MERGEd by (item_id, ingested_ds): a rerun of `ds` with the same input changes nothing, one with other
+    content replaces that date's version. Versions of other dates are never touched, so an older date
+    re-ingested on a newer lake adds its own versions beside the newer ones (`jobs.asof`).
+    """
+    history = lake.ensure_table(spark, config, CATALOG_HISTORY)
+    newest_first = Window.partitionBy("item_id").orderBy(F.col("ingested_ds").desc())
+    before = (
+        asof.catalog_history(spark, config)
+        .where(F.col("ingested_ds") < F.lit(ds))
+        .withColumn("n", F.row_number().over(newest_first))
+        .where("n = 1")
+    )
+    versions = (
+        staged.alias("s")
+        .join(before.alias("t"), F.col("s.item_id") == F.col("t.item_id"), "left")
+        .where(F.col("t.item_id").isNull() | F.expr(_content_changed()))
+        .select(F.col("s.item_id").alias("item_id"), *(F.col(f"s.`{c}`").alias(c) for c in CONTENT_COLUMNS))
+        .select(*asof.VERSION_COLUMNS, F.lit(ds).alias("ingested_ds"), now.alias("ingested_at"))
+    )
+    (
+        history.alias("t")
+        .merge(
+            lake.conform(versions, CATALOG_HISTORY).alias("s"),
+            "t.item_id = s.item_id AND t.ingested_ds = s.ingested_ds",
+        )
+        .whenMatchedUpdate(condition=_content_changed(), set={c: f"s.`{c}`" for c in CONTENT_COLUMNS})
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
 def _merge_catalog(catalog: DeltaTable, staged: DataFrame, ds: dt.date, now: Column) -> None:
+    """The newest content per item: an older `ds` never overwrites content a newer one wrote, but it
+    moves `first_seen_ds` back when it read the item first (see `jobs.asof`)."""
     rows = staged.select(
         *CONTENT_COLUMNS,
         "item_id",
@@ -486,7 +528,11 @@ def _merge_catalog(catalog: DeltaTable, staged: DataFrame, ds: dt.date, now: Col
     (
         catalog.alias("t")
         .merge(rows.alias("s"), "t.item_id = s.item_id")
-        .whenMatchedUpdate(condition=_content_changed(), set=update)
+        .whenMatchedUpdate(condition=f"s.updated_ds >= t.updated_ds AND ({_content_changed()})", set=update)
+        .whenMatchedUpdate(
+            condition="s.first_seen_ds < t.first_seen_ds",
+            set={"first_seen_ds": "s.first_seen_ds", "first_seen_at": "s.first_seen_at"},
+        )
         .whenNotMatchedInsertAll()
         .execute()
     )
