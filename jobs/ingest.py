@@ -5,7 +5,12 @@ Idempotent per run date: items and interactions are MERGEd (a rerun changes noth
 quarantine rows replace that date's earlier ones in one commit. The run date is also an as-of cutoff:
 events after it and items not yet available on it wait for a later run, so a backfill of an old date
 never sees the future. Every row read ends up ingested, deferred or quarantined, and the report says
-how many of each.
+how many of each (new and changed relative to the catalog as of the run date).
+
+As of a date (`jobs.asof`): each content version goes to `catalog_history` under its run date, so the
+catalog as of any date stays recoverable; the `catalog` MERGE only moves an item's content forward (an
+older run date never overwrites what a newer one wrote, it only moves `first_seen_ds` back); events are
+checked against the items known by the run date, never those only a later date ingested.
 
 Run by the DAG through spark-submit, by `modalrank ingest`, or by hand:
     spark-submit jobs/ingest.py --ds 2026-11-25 --catalog data/demo/catalog.csv \
