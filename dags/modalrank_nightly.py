@@ -242,7 +242,7 @@ with DAG(
         spark_job(f"import_{name}", "import_vectors", [*run_date, "--name", name, "--vectors", vectors])
         for name, vectors in sorted(config.imported_vectors.items())
     ]
-    fuse = spark_job("fuse", "fuse", run_date)
+    fuse = spark_job("fuse", "fuse", [*run_date, "--every-days", "{{ params.train_every_days }}"])
     train_ranker = spark_job("train_ranker", "train", [*run_date, "--every-days", "{{ params.train_every_days }}"])
     evaluate = spark_job("evaluate", "evaluate", [*run_date, "--dataset", "{{ params.dataset }}"])
     publish = spark_job(

@@ -7,10 +7,12 @@ the DAG's stages in the DAG's order:
     ingest → extract (every built-in modality, then each configured import) → fuse → train → evaluate
     → publish → run report
 
-Every stage is idempotent for its date and reads only data up to the end of it (ingest defers later
-events, train and publish filter on event time, train's cadence picks models by date alone), so a
+Every stage is idempotent for its date and reads only what the lake knew by the end of it (`jobs.asof`:
+the catalog as of the date, events up to its end, fusion and ranker of its training date), so a
 backfill of any range gives each date the partition its own nightly run would have written, and
-rerunning the range or one failed date is safe. A failed date stops the backfill — later dates build
+rerunning the range, one failed date, or an older date on a lake that ran newer ones is safe. (An
+older date ingested after newer ones adds what the lake knew then; newer dates whose training date it
+precedes use that knowledge only when they run again.) A failed date stops the backfill — later dates build
 on its ingest — and the error names the date to resume from; that date's run report is still written.
 
 Without source arguments, `ingest` is skipped: the lake already holds the data (a rerun of later stages).
@@ -123,7 +125,7 @@ def run_date(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan, ds
                         ),
                     )
             if "fuse" in plan.stages:
-                stage("fuse", lambda: run_fuse(spark, config, ds))
+                stage("fuse", lambda: run_fuse(spark, config, ds, every_days=plan.train_every_days))
             if "train" in plan.stages:
                 trained = stage("train", lambda: run_train(spark, config, ds, every_days=plan.train_every_days))
                 result.model_version = trained.version

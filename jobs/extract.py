@@ -1,12 +1,16 @@
 """Feature extraction: one modality of every catalog item into `features_<modality>`, incrementally.
 
-An item is (re)extracted only when it has no row yet, its content hash changed, or the extractor's
-name or version changed (or `--force` asks for a full recompute). A rerun with nothing changed runs
+The items are those of the catalog as of the run date, at the content they had then (`jobs.asof`). An
+item is (re)extracted only when it has no row for that content yet (its content hash), or the
+extractor's name or version changed (or `--force` asks for a full recompute). A rerun with nothing changed runs
 no model at all. Models load once per Python worker and see items in batches; each Spark task gets
 its share of the cores for torch and OpenCV threads so parallel tasks do not oversubscribe them.
 
-Every catalog item ends with exactly one row: `ok` with its vector, `failed` with a fixed-phrase
-reason (also written to `quarantine`), or `missing` when the item has no such media.
+Every item of the catalog as of the run date ends with exactly one row for its content there: `ok`
+with its vector, `failed` with a fixed-phrase reason (also written to `quarantine`), or `missing` when
+the item has no such media. Rows are keyed by (item_id, content_hash): an item whose content changed
+keeps a row per version, so an older date re-run on a newer lake uses (or makes) its own version's
+vector and never overwrites the newer one.
 
 Media files are read and decoded in a sandboxed child process per worker (`jobs.decode_sandbox`: size
 cap, wall-clock and memory limits), so a file that hangs, crashes or exhausts its decoder costs one
@@ -41,11 +45,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import artifacts, decode_sandbox, lake, lease, media_files
+from jobs.asof import catalog_as_of
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.decode_sandbox import DecodeLimits, DecodeSandbox
 from jobs.faults import crash_point
 from jobs.progress import stage_progress
-from jobs.schemas import CATALOG, QUARANTINE, features_table
+from jobs.schemas import QUARANTINE, features_table
 from jobs.spark import job_main, spark_session, threads_per_task
 
 log = logging.getLogger("modalrank.extract")
@@ -253,17 +258,22 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
     if force:
         return work
     current = existing.select(
-        "item_id",
+        F.col("item_id").alias("done_id"),
         F.col("content_hash").alias("done_hash"),
         F.col("extractor").alias("done_extractor"),
         F.col("extractor_version").alias("done_version"),
         F.col("status").alias("done_status"),
         F.col("error").alias("done_error"),
     )
-    joined = work.join(current, "item_id", "left")
+    # Keyed by content version: an item whose content changed keeps the vector of each version, so an
+    # older date re-run on a newer lake finds (or makes) its own version's vector and leaves the newer one.
+    joined = work.join(
+        current,
+        (work["item_id"] == current["done_id"]) & work["content_hash"].eqNullSafe(current["done_hash"]),
+        "left",
+    )
     stale = (
         F.col("done_extractor").isNull()
-        | ~F.col("content_hash").eqNullSafe(F.col("done_hash"))
         | (F.col("done_extractor") != name)
         | (F.col("done_version") != version)
         | ((F.col("done_status") == "failed") & F.col("done_error").isin(*TRANSIENT_REASONS))
@@ -282,7 +292,8 @@ def run_extract(
     table = features_table(modality)
     report = ExtractReport(ds.isoformat(), modality, extractor.name, extractor.version)
     features = lake.ensure_table(spark, config, table)
-    catalog = lake.read_table(spark, config, CATALOG)
+    # The items and content the lake knew by the end of `ds`, never those of a later date (`jobs.asof`).
+    catalog = catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
     report.catalog_items = catalog.count()
 
     work = stale_items(catalog, features.toDF(), modality, extractor.name, extractor.version, force)
@@ -374,7 +385,7 @@ def _commit(features, table: str, extractor, ds: dt.date, results: DataFrame, re
     )
     (
         features.alias("t")
-        .merge(lake.conform(rows, table).alias("s"), "t.item_id = s.item_id")
+        .merge(lake.conform(rows, table).alias("s"), "t.item_id = s.item_id AND t.content_hash <=> s.content_hash")
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()

@@ -1,21 +1,29 @@
-"""Fusion: every catalog item's modality features into one row of `item_vectors`.
+"""Fusion: every item of the catalog as of the run date, its modality features into one row of `item_vectors`.
 
 Each modality found in the lake (`features_<name>`, sorted by name; `--modalities` picks some) gets a
 projection fitted on its `ok` vectors (all of them, or a deterministic sample of `--max-fit-items`
 chosen by hashing item ids): standardise, PCA to at most `--block-dim` dims, L2-normalise
-(`features/fusion.py` says why). Every catalog item then gets one row: the modalities' blocks
-concatenated in layout order, zeros and a false mask bit where it lacks a modality. An item with no
-modality at all still gets its row (all zeros, nothing in `modalities`): nothing is dropped.
+(`features/fusion.py` says why). Every item of the catalog as of `ds` then gets one row: the modalities'
+blocks concatenated in layout order, zeros and a false mask bit where it lacks a modality. An item with
+no modality at all still gets its row (all zeros, nothing in `modalities`): nothing is dropped.
 
-The fitted projections are an artifact, `<artifacts>/_models/fusion/<fusion_version>/` (projections.safetensors
-+ fusion.json), and `_models/fusion/current.json` points at the one in use. A nightly run reuses the
-current artifact whenever the modalities, their extractors and versions, and the block size are
-unchanged, so tonight's item vectors stay comparable with vectors a ranker was trained on; new items are
-projected with the old fit. `--refit` fits afresh (same data gives the same `fusion_version`).
+As of a date (`jobs.asof`): the projections that serve `ds` are fitted as of its training grid date
+(`--every-days`, train's cadence: the date whose ranker serves `ds`), on the items the lake knew by then
+at the content they had then. So the ranker of that date and every date it serves see vectors of one
+fit, and the fit depends on the date alone, never on which later dates already ran on the lake.
 
-`item_vectors` is overwritten whole in one Delta commit, so a rerun leaves the same rows.
+The fitted projections are an artifact, `<artifacts>/_models/fusion/<fusion_version>/`
+(projections.safetensors + fusion.json, which records the key and the digest of each fit set). A run
+reuses a saved artifact whose key (modalities, extractors and versions, block size) and fit sets are
+exactly its own, and fits otherwise; `--refit` fits afresh (same data gives the same `fusion_version`).
+`_models/fusion/by_ds/<ds>.json` records which fusion fused `ds`; `current.json` names the artifact
+fitted as of the newest date so far, for people (stages never read it).
 
-    spark-submit jobs/fuse.py --ds 2026-11-25 [--block-dim 64] [--modalities text image] [--refit]
+`item_vectors` holds rows per `fused_ds`: a run replaces the rows of its own date in one Delta commit
+(and writes those of the grid date too when the lake has none of this fusion for it, for train), so a
+rerun leaves the same rows and other dates' rows stay.
+
+    spark-submit jobs/fuse.py --ds 2026-11-25 [--every-days 7] [--block-dim 64] [--modalities text image] [--refit]
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ from features.fusion import METHOD, Fusion, fit_projection
 from jobs import artifacts, lake, lease
 from jobs.arguments import modality_name
 from jobs.artifacts import build_artifact
+from jobs.asof import catalog_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
 from jobs.progress import stage_progress
-from jobs.schemas import CATALOG, ITEM_VECTORS, features_table
+from jobs.schemas import ITEM_VECTORS, features_table
 from jobs.spark import job_main, spark_session
 
 log = logging.getLogger("modalrank.fuse")
@@ -136,13 +145,22 @@ def feature_modalities(spark: SparkSession, config: PipelineConfig) -> list[str]
     return sorted(modalities)
 
 
-def ok_vectors(spark: SparkSession, config: PipelineConfig, modality: str) -> DataFrame:
-    return (
-        lake.read_table(spark, config, features_table(modality))
-        .where((F.col("status") == "ok") & F.col("vector").isNotNull())
-        .select("item_id", F.coalesce("content_hash", F.lit("")).alias("content_hash"), "extractor",
-                "extractor_version", "dim", "vector")
-    )  # fmt: skip
+def ok_vectors(spark: SparkSession, config: PipelineConfig, modality: str, catalog: DataFrame) -> DataFrame:
+    """The modality's ok vectors of the items in `catalog` (the catalog as of a date), each at the content
+    version `catalog` holds: a built-in modality's row whose content hash is the item's, an imported
+    modality's one row per item (imported files are not dated)."""
+    from jobs.extract import MODALITY_INPUTS
+
+    ok = lake.read_table(spark, config, features_table(modality)).where(
+        (F.col("status") == "ok") & F.col("vector").isNotNull()
+    )
+    if modality in MODALITY_INPUTS:
+        as_of = catalog.select("item_id", F.col(MODALITY_INPUTS[modality].hash_column).alias("content_hash"))
+        ok = ok.join(as_of, ["item_id", "content_hash"], "left_semi")
+    else:
+        ok = ok.join(catalog.select("item_id"), "item_id", "left_semi")
+    return ok.select("item_id", F.coalesce("content_hash", F.lit("")).alias("content_hash"), "extractor",
+                     "extractor_version", "dim", "vector")  # fmt: skip
 
 
 def describe_modality(ok: DataFrame, modality: str) -> ModalityInput:
@@ -172,10 +190,7 @@ def fit_sample(ok: DataFrame, ok_items: int, max_items: int) -> tuple[np.ndarray
     Above `max_items`, the sample is the items with the smallest hash of their id: the same lake gives
     the same sample, and a growing catalog changes it only at the margin.
     """
-    sample = ok.select("item_id", "content_hash", "vector")
-    if ok_items > max_items:
-        sample = sample.orderBy(F.xxhash64("item_id"), "item_id").limit(max_items)
-    table = sample.toArrow()
+    table = fit_rows(ok, ok_items, max_items).select("item_id", "content_hash", "vector").toArrow()
     ids = table.column("item_id").to_numpy()
     order = np.argsort(ids, kind="stable")
     vectors = table.column("vector").combine_chunks()
@@ -183,6 +198,22 @@ def fit_sample(ok: DataFrame, ok_items: int, max_items: int) -> tuple[np.ndarray
     matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), dim)
     hashes = table.column("content_hash").to_pylist()
     return ids[order], [hashes[i] for i in order], matrix[order]
+
+
+def fit_rows(ok: DataFrame, ok_items: int, max_items: int) -> DataFrame:
+    """The ok rows a projection is fitted on (see `fit_sample`)."""
+    if ok_items > max_items:
+        return ok.orderBy(F.xxhash64("item_id"), "item_id").limit(max_items)
+    return ok
+
+
+def fit_set_of(ok: DataFrame, ok_items: int, max_items: int) -> str:
+    """The digest of the fit set `fit_sample` would collect, from ids and hashes alone (no vectors)."""
+    table = fit_rows(ok, ok_items, max_items).select("item_id", "content_hash").toArrow()
+    ids = table.column("item_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    hashes = table.column("content_hash").to_pylist()
+    return fit_set_digest(ids[order], [hashes[i] for i in order])
 
 
 def fit_set_digest(item_ids: np.ndarray, content_hashes: list[str]) -> str:
@@ -212,7 +243,12 @@ def models_dir(config: PipelineConfig) -> Path:
 
 def save_artifact(folder: Path, fusion: Fusion, meta: dict) -> None:
     """The projections and their description as one artifact folder (`jobs.artifacts`: built aside,
-    manifest last, renamed whole), then the pointer: a crash before the pointer leaves the old one."""
+    manifest last, renamed whole), then the pointer: a crash before the pointer leaves the old one.
+
+    `current.json` names the artifact fitted as of the newest date so far (for people; stages choose by
+    what an artifact was fitted on, see `matching_artifact`): an older date fitted later does not move it
+    back. The comparison and the write happen under the pointer's lock.
+    """
     target = folder / meta["fusion_version"]
 
     def write(temporary: Path) -> None:
@@ -223,20 +259,45 @@ def save_artifact(folder: Path, fusion: Fusion, meta: dict) -> None:
         target, write, {"kind": "fusion", "version": meta["fusion_version"]}, crash_prefix="fuse.projections"
     )
     crash_point("fuse.artifact_saved")
-    artifacts.update_pointer(folder / POINTER_FILE, {"fusion_version": meta["fusion_version"]})
+
+    def is_not_newer(current: dict | None) -> bool:
+        fitted = _fitted_ds(folder, current)
+        return fitted is None or fitted <= meta["fitted_ds"]
+
+    artifacts.update_pointer(
+        folder / POINTER_FILE, {"fusion_version": meta["fusion_version"]}, replaces=is_not_newer
+    )
 
 
-def current_artifact(folder: Path) -> tuple[Fusion, dict] | None:
-    """The artifact current.json points at, or None when there is none (or it does not verify)."""
-    pointer = artifacts.read_json(folder / POINTER_FILE)
-    if pointer is None:
+def _fitted_ds(folder: Path, pointer: dict | None) -> str | None:
+    """The date the artifact a pointer names was fitted as of, or None (no pointer, or it does not verify)."""
+    if pointer is None or not artifacts.is_verified(folder / pointer["fusion_version"], "comparison"):
         return None
-    target = folder / pointer["fusion_version"]
-    if not artifacts.is_verified(target, "reuse"):
-        log.warning("%s names %s, which does not verify: fitting afresh", folder / POINTER_FILE, target)
+    return json.loads((folder / pointer["fusion_version"] / META_FILE).read_text()).get("fitted_ds")
+
+
+def matching_artifact(folder: Path, key: dict, fit_sets: dict[str, str]) -> tuple[Fusion, dict] | None:
+    """A saved, verified artifact fitted with `key` on exactly `fit_sets` (modality → fit-set digest), or None.
+
+    Chosen by what it was fitted on, never by which date ran last: the same fit set as of a date gives
+    the same artifact whatever else the lake has seen since. A folder that does not verify against its
+    manifest (a crash, a foreign file) is never used: the fit runs again and replaces it.
+    """
+    if not folder.is_dir():
         return None
-    meta = json.loads((target / META_FILE).read_text())
-    return Fusion.load(meta["layout"], target / ARTIFACT_FILE), meta
+    for target in sorted(path for path in folder.iterdir() if (path / META_FILE).is_file()):
+        meta = json.loads((target / META_FILE).read_text())
+        if meta.get("key") != key or meta.get("fit_sets_sha256") != fit_sets:
+            continue
+        if not artifacts.is_verified(target, "reuse"):  # logs what is wrong with it
+            continue
+        return Fusion.load(meta["layout"], target / ARTIFACT_FILE), meta
+    return None
+
+
+def date_pointer(config: PipelineConfig, ds: dt.date) -> Path:
+    """`_models/fusion/by_ds/<ds>.json`: the fusion that fused run date `ds`, and the date it was fitted as of."""
+    return models_dir(config) / "by_ds" / f"{ds.isoformat()}.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,6 +342,8 @@ def fit_fusion(
     ds: dt.date,
     block_dim: int,
     max_fit_items: int,
+    catalog: DataFrame,
+    fit_sets_sha256: dict[str, str],
 ) -> tuple[Fusion, dict]:
     """Fit every usable modality's projection on the driver; the artifact's description beside it."""
     projections, modalities, fit_sets, skipped = {}, {}, {}, {}
@@ -290,7 +353,9 @@ def fit_fusion(
             log.warning("fuse: skipping %s: %s", spec.modality, skipped[spec.modality])
             continue
         started = time.monotonic()
-        ids, hashes, matrix = fit_sample(ok_vectors(spark, config, spec.modality), spec.ok_items, max_fit_items)
+        ids, hashes, matrix = fit_sample(
+            ok_vectors(spark, config, spec.modality, catalog), spec.ok_items, max_fit_items
+        )
         collected = time.monotonic()
         projection = fit_projection(matrix, block_dim)
         if projection.k == 0:
@@ -326,6 +391,7 @@ def fit_fusion(
         "modalities": modalities,
         "skipped": skipped,
         "max_fit_items": max_fit_items,
+        "fit_sets_sha256": fit_sets_sha256,
         "fitted_ds": ds.isoformat(),
         "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -340,10 +406,13 @@ def run_fuse(
     block_dim: int = DEFAULT_BLOCK_DIM,
     max_fit_items: int = DEFAULT_MAX_FIT_ITEMS,
     modalities: list[str] | None = None,
+    every_days: int = 1,
 ) -> FuseReport:
-    """Fit or reuse the projections and rewrite `item_vectors`, holding the lease of `ds`."""
-    with lease.lease(config, lease.date_key(ds), "fuse"):
-        return _run_fuse(spark, config, ds, refit, block_dim, max_fit_items, modalities)
+    """Fit or reuse the projections and write the date's `item_vectors`, holding the lease of `ds` and of
+    its training date (whose projection and vectors it may write: `jobs.asof`)."""
+    keys = [lease.date_key(ds), lease.training_key(training_date(ds, every_days))]
+    with lease.leases(config, keys, "fuse"):
+        return _run_fuse(spark, config, ds, refit, block_dim, max_fit_items, modalities, every_days)
 
 
 def _run_fuse(
@@ -354,6 +423,7 @@ def _run_fuse(
     block_dim: int = DEFAULT_BLOCK_DIM,
     max_fit_items: int = DEFAULT_MAX_FIT_ITEMS,
     modalities: list[str] | None = None,
+    every_days: int = 1,
 ) -> FuseReport:
     started = time.monotonic()
     report = FuseReport(ds.isoformat())
@@ -367,21 +437,34 @@ def _run_fuse(
     if not available:
         raise ValueError(f"nothing to fuse: no features_* tables in {config.lake}; run extract first")
 
-    inputs = [describe_modality(ok_vectors(spark, config, m), m) for m in available]
+    # Fitted as of the training grid date, so the ranker of that date and every date it serves see
+    # vectors of one fit (`jobs.asof`).
+    fit_ds = training_date(ds, every_days)
+    fit_catalog = catalog_as_of(spark, config, fit_ds).localCheckpoint(eager=True)
+    inputs = [describe_modality(ok_vectors(spark, config, m, fit_catalog), m) for m in available]
     key = {"method": METHOD, "block_dim": block_dim, "inputs": {spec.modality: spec.key() for spec in inputs}}
+    fit_sets = {
+        spec.modality: fit_set_of(
+            ok_vectors(spark, config, spec.modality, fit_catalog), spec.ok_items, max_fit_items
+        )
+        for spec in inputs
+        if spec.fittable
+    }
     log.info(
-        "fuse ds=%s: modalities %s",
-        ds, ", ".join(f"{s.modality} ({s.ok_items} ok, {s.extractor} {s.extractor_version})" for s in inputs),
+        "fuse ds=%s (fitted as of %s): modalities %s",
+        ds, fit_ds, ", ".join(f"{s.modality} ({s.ok_items} ok, {s.extractor} {s.extractor_version})" for s in inputs),
     )  # fmt: skip
 
-    current = None if refit else current_artifact(folder)
-    if current is not None and current[1]["key"] == key:
-        fusion, meta = current
+    saved = None if refit else matching_artifact(folder, key, fit_sets)
+    if saved is not None:
+        fusion, meta = saved
         report.projections = "reused"
         log.info("fuse: reusing fusion %s fitted on %s", meta["fusion_version"], meta["fitted_ds"])
     else:
         fit_started = time.monotonic()
-        fusion, meta = fit_fusion(spark, config, inputs, key, ds, block_dim, max_fit_items)
+        fusion, meta = fit_fusion(
+            spark, config, inputs, key, fit_ds, block_dim, max_fit_items, fit_catalog, fit_sets
+        )
         save_artifact(folder, fusion, meta)
         report.projections = "refit" if refit else "fitted"
         report.fit_seconds = round(time.monotonic() - fit_started, 2)
@@ -398,12 +481,49 @@ def _run_fuse(
     report.artifact = str(folder / meta["fusion_version"])
 
     write_started = time.monotonic()
-    catalog = lake.read_table(spark, config, CATALOG).select("item_id")
+    catalog = catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
     report.catalog_items = catalog.count()
-    items, columns = catalog, []
+    write_item_vectors(spark, config, fusion, report.fusion_version, ds, catalog, report.catalog_items)
+    if fit_ds != ds and not _has_item_vectors(spark, config, fit_ds, report.fusion_version):
+        # The ranker of the grid date trains on that date's vectors: a lake that never fused it gets them now.
+        log.info("fuse: item_vectors of the grid date %s as well (the ranker for %s trains on them)", fit_ds, ds)
+        write_item_vectors(spark, config, fusion, report.fusion_version, fit_ds, fit_catalog, fit_catalog.count())
+    artifacts.update_pointer(
+        date_pointer(config, ds),
+        {"ds": ds.isoformat(), "fusion_version": report.fusion_version, "fitted_ds": report.fitted_ds},
+    )
+    report.write_seconds = round(time.monotonic() - write_started, 2)
+    _count_items(spark, config, report, ds)
+    report.seconds = round(time.monotonic() - started, 1)
+    write_report(config, report)
+    return report
+
+
+def _has_item_vectors(spark: SparkSession, config: PipelineConfig, ds: dt.date, version: str) -> bool:
+    """Whether `item_vectors` holds rows of `ds`, all of fusion `version`."""
+    rows = lake.read_table(spark, config, ITEM_VECTORS).where(F.col("fused_ds") == F.lit(ds))
+    versions = {row[0] for row in rows.select("fusion_version").distinct().collect()}
+    return versions == {version}
+
+
+def write_item_vectors(
+    spark: SparkSession,
+    config: PipelineConfig,
+    fusion: Fusion,
+    version: str,
+    ds: dt.date,
+    catalog: DataFrame,
+    n_items: int,
+) -> None:
+    """One row per item of `catalog` (the catalog as of `ds`) into `item_vectors`, replacing the rows of
+    `fused_ds` = `ds` in one commit: readers see that date's old rows or its new ones, never a mix, and
+    other dates' rows stay as they were."""
+    items, columns = catalog.select("item_id"), []
     for i, modality in enumerate(fusion.layout):
         columns.append(f"_raw{i}")
-        vectors = ok_vectors(spark, config, modality).select("item_id", F.col("vector").alias(columns[-1]))
+        vectors = ok_vectors(spark, config, modality, catalog).select(
+            "item_id", F.col("vector").alias(columns[-1])
+        )
         items = items.join(vectors, "item_id", "left")
     # Small batches: each row holds every modality's raw vector (thousands of floats for video).
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1024")
@@ -414,32 +534,18 @@ def _run_fuse(
         F.array(*[F.lit(k) for k in fusion.block_dims]).alias("block_dims"),
         "mask",
         "modalities",
-        F.lit(report.fusion_version).alias("fusion_version"),
+        F.lit(version).alias("fusion_version"),
         F.lit(ds).alias("fused_ds"),
         F.current_timestamp().alias("fused_at"),
     )
-    lake.ensure_table(spark, config, ITEM_VECTORS)
-    with stage_progress(spark, "fuse", report.catalog_items):
-        # The whole table in one commit (static: the session's dynamic partition mode must not apply):
-        # readers see yesterday's rows or tonight's, never a mix.
-        (
-            lake.conform(fused, ITEM_VECTORS)
-            .write.format("delta")
-            .mode("overwrite")
-            .option("partitionOverwriteMode", "static")
-            .save(config.table_path(ITEM_VECTORS.name))
-        )
+    with stage_progress(spark, "fuse", n_items):
+        lake.replace_where(spark, config, ITEM_VECTORS, fused, lake.rows_of(fused_ds=ds))
     crash_point("fuse.table_written")
-    report.write_seconds = round(time.monotonic() - write_started, 2)
-    _count_items(spark, config, report)
-    report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
-    return report
 
 
-def _count_items(spark: SparkSession, config: PipelineConfig, report: FuseReport) -> None:
+def _count_items(spark: SparkSession, config: PipelineConfig, report: FuseReport, ds: dt.date) -> None:
     """The counts as written: read back from `item_vectors`, not from what the job meant to write."""
-    written = lake.read_table(spark, config, ITEM_VECTORS)
+    written = lake.read_table(spark, config, ITEM_VECTORS).where(F.col("fused_ds") == F.lit(ds))
     by_count = written.groupBy(F.size("modalities").alias("n")).count().orderBy("n").collect()
     report.items_by_modality_count = {str(row["n"]): row["count"] for row in by_count}
     report.items = sum(report.items_by_modality_count.values())
@@ -525,6 +631,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=modality_name,
         help="fuse only these (default: every features_* table)",
     )
+    parser.add_argument(
+        "--every-days",
+        type=int,
+        default=1,
+        help="train's cadence: projections are fitted as of the latest date on or before --ds whose ordinal is "
+        "a multiple of this, the date whose ranker serves --ds (default: %(default)s)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> FuseReport:
@@ -535,7 +648,7 @@ def run_from_args(args: argparse.Namespace) -> FuseReport:
     with spark_session("modalrank-fuse", config) as spark:
         report = run_fuse(
             spark, config, args.ds, refit=args.refit, block_dim=args.block_dim,
-            max_fit_items=args.max_fit_items, modalities=modalities,
+            max_fit_items=args.max_fit_items, modalities=modalities, every_days=args.every_days,
         )  # fmt: skip
     log_report(report)
     return report

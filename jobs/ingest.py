@@ -12,6 +12,11 @@ are counted before parsing, and every row read ends up ingested, deferred, quara
 (a deferred copy the source sends again). The job checks both identities before it writes anything,
 fails when one does not hold, and reports the per-input table.
 
+As of a date (`jobs.asof`): each content version goes to `catalog_history` under its run date, so the
+catalog as of any date stays recoverable; the `catalog` MERGE only moves an item's content forward (an
+older run date never overwrites what a newer one wrote, it only moves `first_seen_ds` back); events are
+checked against the items known by the run date, never those only a later date ingested.
+
 Run by the DAG through spark-submit, by `modalrank ingest`, or by hand:
     spark-submit jobs/ingest.py --ds 2026-11-25 --catalog data/demo/catalog.csv \
         --interactions data/demo/interactions.csv
@@ -33,10 +38,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import artifacts, lake, lease, media_files, sources
+from jobs import artifacts, asof, lake, lease, media_files, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
-from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
+from jobs.schemas import CATALOG, CATALOG_HISTORY, DEFERRED, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
 from jobs.validation import (
@@ -494,10 +499,13 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
         )
     )
 
-    # Interactions: an event waits for its date and for its item's; its item must be known by then.
+    # Interactions: an event waits for its date and for its item's; its item must be known by then: one
+    # staged now, one the lake knew by `ds` (not one only a later date ingested: a fresh lake running `ds`
+    # would not know it either), or one waiting in `deferred`.
+    known_by_ds = asof.catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
     waiting_items = _waiting_items(ds, deferred_items, pending, staged_items)
     known_items = _union(
-        staged_items.select("item_id"), catalog.toDF().select("item_id"), waiting_items.select("item_id")
+        staged_items.select("item_id"), known_by_ds.select("item_id"), waiting_items.select("item_id")
     )
     events = validate_interactions(raw.interactions, raw.rating_range, known_items)
     events = _settled(_schedule_events(events, waiting_items, ds))
@@ -556,10 +564,11 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     report.inputs = account_inputs(_union(*tallies).collect())
     check_accounts(report.inputs)
     _sum_accounts(report)
-    _classify_items(report, staged_items, catalog.toDF())
+    _classify_items(report, staged_items, known_by_ds)
     _classify_interactions(report, staged_events, interactions_table.toDF())
 
     now = F.current_timestamp()
+    _record_versions(spark, config, staged_items, ds, now)
     _merge_catalog(catalog, staged_items, ds, now)
     _merge_interactions(interactions_table, staged_events, ds)
 
@@ -809,7 +818,46 @@ def _classify_interactions(report: IngestReport, staged: DataFrame, current: Dat
     report.interactions_unchanged = row["total"] - row["new"] - row["changed"]
 
 
+def _record_versions(
+    spark: SparkSession, config: PipelineConfig, staged: DataFrame, ds: dt.date, now: Column
+) -> None:
+    """`catalog_history` rows for `ds`: each staged item that no earlier ingest read, or whose content
+    differs from the version an earlier ingest recorded last.
+
+    MERGEd by (item_id, ingested_ds): a rerun of `ds` with the same input changes nothing, one with other
+    content replaces that date's version. Versions of other dates are never touched, so an older date
+    re-ingested on a newer lake adds its own versions beside the newer ones (`jobs.asof`).
+    """
+    history = lake.ensure_table(spark, config, CATALOG_HISTORY)
+    newest_first = Window.partitionBy("item_id").orderBy(F.col("ingested_ds").desc())
+    before = (
+        asof.catalog_history(spark, config)
+        .where(F.col("ingested_ds") < F.lit(ds))
+        .withColumn("n", F.row_number().over(newest_first))
+        .where("n = 1")
+    )
+    versions = (
+        staged.alias("s")
+        .join(before.alias("t"), F.col("s.item_id") == F.col("t.item_id"), "left")
+        .where(F.col("t.item_id").isNull() | F.expr(_content_changed()))
+        .select(F.col("s.item_id").alias("item_id"), *(F.col(f"s.`{c}`").alias(c) for c in CONTENT_COLUMNS))
+        .select(*asof.VERSION_COLUMNS, F.lit(ds).alias("ingested_ds"), now.alias("ingested_at"))
+    )
+    (
+        history.alias("t")
+        .merge(
+            lake.conform(versions, CATALOG_HISTORY).alias("s"),
+            "t.item_id = s.item_id AND t.ingested_ds = s.ingested_ds",
+        )
+        .whenMatchedUpdate(condition=_content_changed(), set={c: f"s.`{c}`" for c in CONTENT_COLUMNS})
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
 def _merge_catalog(catalog: DeltaTable, staged: DataFrame, ds: dt.date, now: Column) -> None:
+    """The newest content per item: an older `ds` never overwrites content a newer one wrote, but it
+    moves `first_seen_ds` back when it read the item first (see `jobs.asof`)."""
     rows = staged.select(
         *CONTENT_COLUMNS,
         "item_id",
@@ -826,7 +874,11 @@ def _merge_catalog(catalog: DeltaTable, staged: DataFrame, ds: dt.date, now: Col
     (
         catalog.alias("t")
         .merge(rows.alias("s"), "t.item_id = s.item_id")
-        .whenMatchedUpdate(condition=_content_changed(), set=update)
+        .whenMatchedUpdate(condition=f"s.updated_ds >= t.updated_ds AND ({_content_changed()})", set=update)
+        .whenMatchedUpdate(
+            condition="s.first_seen_ds < t.first_seen_ds",
+            set={"first_seen_ds": "s.first_seen_ds", "first_seen_at": "s.first_seen_at"},
+        )
         .whenNotMatchedInsertAll()
         .execute()
     )

@@ -17,8 +17,10 @@ What analysts and services read is what this job writes, so nothing reaches the 
    `PublishGateError`.
 4. Write: one Delta commit replaces exactly the `ds` partition, so a rerun of a date leaves the same rows.
 
-Eligibility: users with at least one interaction up to the end of `ds`; items in the catalog whose
-`available_from` is null or on or before `ds`, minus the user's own items. Items nobody has interacted
+Eligibility: users with at least one interaction up to the end of `ds`; items in the catalog as of
+`ds` (`jobs.asof`: known by then, never an item only a later date ingested) whose `available_from` is
+null or on or before `ds`, minus the user's own items. The item side is `item_vectors` of `fused_ds` =
+`ds`, and the ranker is the one `train` chose for `ds`, never a newer one unless `--model-version` names it. Items nobody has interacted
 with yet are eligible too: the ranker ranks them from content (its cold regime). A user with fewer
 than K eligible items gets all of them. Items outside the ranker's candidate set score about −1e6
 (after every candidate, in popularity order), which only matters for such short catalogs.
@@ -57,10 +59,11 @@ from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lease
 from jobs.arguments import optional_model_version, positive_int, share
+from jobs.asof import catalog_as_of, end_of_day
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.faults import crash_point
 from jobs.progress import stage_progress
-from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
+from jobs.schemas import INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.spark import FailWithoutRetry, job_main, spark_session, threads_per_task
 from jobs.train import load_ranking_data
 
@@ -139,16 +142,18 @@ class ServingPlan:
 
 def ranker_folder(config: PipelineConfig, ds: dt.date, model_version: str | None = None) -> Path:
     """The saved ranker to serve on `ds`: `model_version` if given, else the one `train` chose for `ds`
-    (`_models/ranker/by_ds/<ds>.json`), else the newest (`current.json`; `run_publish` notes it when
-    that model saw data after `ds`)."""
+    (`_models/ranker/by_ds/<ds>.json`). Never the newest model instead: it may have seen data after `ds`."""
     from jobs.train import date_pointer
 
     root = config.models_dir / "ranker"
     if model_version is None:
         pointer = date_pointer(config, ds)
-        named = artifacts.read_json(pointer) or artifacts.read_json(root / "current.json")
+        named = artifacts.read_json(pointer)
         if named is None:
-            raise FileNotFoundError(f"no trained ranker in {root} (no current.json): run train first")
+            raise FileNotFoundError(
+                f"no ranker chosen for {ds} in {root} (no by_ds/{ds}.json): run train first, for {ds} (a later "
+                "model may have seen data after it)"
+            )
         model_version = named["version"]
     folder = root / model_version
     if not folder.is_dir():
@@ -327,13 +332,13 @@ def user_blocks(spark: SparkSession, n_users: int, size: int) -> DataFrame:
     return blocks.select(F.explode(F.sequence(F.col("id") * size, last)).alias("user_index"))
 
 
-def eligible_item_mask(
-    spark: SparkSession, config: PipelineConfig, ds: dt.date, item_ids: np.ndarray
-) -> np.ndarray:
-    """Which of `item_ids` (the ranker's item index) may be recommended on `ds`: available by then."""
+def eligible_item_mask(catalog: DataFrame, ds: dt.date, item_ids: np.ndarray) -> np.ndarray:
+    """Which of `item_ids` (the ranker's item index) may be recommended on `ds`: in `catalog`, the
+    catalog as of `ds` (so first seen by then), and available by then."""
     available = (
-        lake.read_table(spark, config, CATALOG)
-        .select("item_id", (F.col("available_from").isNull() | (F.col("available_from") <= F.lit(ds))).alias("ok"))
+        catalog.select(
+            "item_id", (F.col("available_from").isNull() | (F.col("available_from") <= F.lit(ds))).alias("ok")
+        )
         .toArrow()
         .to_pandas()
     )
@@ -348,10 +353,9 @@ def eligible_item_mask(
 def seen_pairs(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> DataFrame:
     """(user_id, item_id) of every interaction up to the end of `ds`, read from the lake afresh, so the
     gate checks the lists against the table rather than against the models that made them."""
-    end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
     return (
         lake.read_table(spark, config, INTERACTIONS)
-        .where(F.col("event_time") < F.lit(end_of_day))
+        .where(F.col("event_time") < F.lit(end_of_day(ds)))
         .select("user_id", "item_id")
         .distinct()
     )
@@ -649,7 +653,9 @@ def _run_publish(
         # No base models yet: loading first checks the ranker's modalities before the costly fit.
         ranker = load_ranker(folder, loaded.items, base=None)
         data = loaded.data
-        eligible_items = eligible_item_mask(spark, config, ds, data.item_ids)
+        # The catalog as of ds, never the newest (`jobs.asof`): eligibility and the gate both use it.
+        catalog = catalog_as_of(spark, config, ds).select("item_id", "available_from").localCheckpoint(eager=True)
+        eligible_items = eligible_item_mask(catalog, ds, data.item_ids)
     if report.trained_ds and report.trained_ds > report.ds:
         report.notes.append(
             f"the ranker was trained on data up to {report.trained_ds}, after this run date: a backfill "
@@ -689,7 +695,11 @@ def _run_publish(
             str(serving), str(folder), uuid.uuid4().hex, k, USERS_PER_BLOCK, threads_per_task(spark)
         )
         with _phase(report, "score"), stage_progress(spark, "publish", n_users):
-            modalities = lake.read_table(spark, config, ITEM_VECTORS).select("item_id", "modalities")
+            modalities = (
+                lake.read_table(spark, config, ITEM_VECTORS)
+                .where(F.col("fused_ds") == F.lit(ds))
+                .select("item_id", "modalities")
+            )
             rows = (
                 score_lists(spark, plan, n_users)
                 .join(F.broadcast(modalities), "item_id", "left")
@@ -713,7 +723,6 @@ def _run_publish(
             listed = {r.item_id for r in rows.select("item_id").distinct().collect()}
             report.items_listed, report.cold_items_listed = len(listed), len(listed & cold_items)
             expected = spark.createDataFrame(pa.table({"user_id": data.user_ids, "rows": expected_rows}))
-            catalog = lake.read_table(spark, config, CATALOG).select("item_id", "available_from")
             previous_ds, previous = previous_partition(spark, config, ds)
             report.previous_ds = previous_ds.isoformat() if previous_ds else None
             checks = check_lists(

@@ -68,6 +68,25 @@ CATALOG = TableSpec(
     ),
 )
 
+# Every content version of every item, so the catalog as of any run date can be recovered
+# (`jobs.asof.catalog_as_of`): one row per (item_id, ingested_ds) whose content differs from the version
+# in effect on that date. `catalog` holds only the newest version.
+CATALOG_HISTORY = TableSpec(
+    name="catalog_history",
+    description="Every content version of every item, keyed by (item_id, ingested_ds): the catalog as of any date.",
+    schema=StructType(
+        [
+            *(
+                f
+                for f in CATALOG.schema.fields
+                if f.name not in {"first_seen_ds", "updated_ds", "first_seen_at", "updated_at"}
+            ),
+            _field("ingested_ds", DateType(), False, "run date of the ingest that read this content"),
+            _field("ingested_at", TimestampType(), False),
+        ]
+    ),
+)
+
 INTERACTIONS = TableSpec(
     name="interactions",
     description="One row per (user, item, event time, source): explicit ratings or implicit events.",
@@ -154,7 +173,8 @@ def features_table(modality: str) -> TableSpec:
 
 ITEM_VECTORS = TableSpec(
     name="item_vectors",
-    description="One fused vector per catalog item: every modality's block, zeros where it is missing.",
+    description="One fused vector per item of the catalog as of each fused run date (fused_ds).",
+    partition_by=("fused_ds",),
     schema=StructType(
         [
             _field("item_id", LongType(), False),
@@ -166,7 +186,7 @@ ITEM_VECTORS = TableSpec(
             _field(
                 "fusion_version", StringType(), False, "changes whenever the same features would fuse differently"
             ),
-            _field("fused_ds", DateType(), False, "run date of the fusion"),
+            _field("fused_ds", DateType(), False, "run date whose catalog (as of its end) these rows fuse"),
             _field("fused_at", TimestampType(), False),
         ]
     ),
@@ -246,8 +266,17 @@ RECOMMENDATIONS = TableSpec(
 )
 
 ALL_TABLES = (
-    CATALOG, INTERACTIONS, QUARANTINE, DEFERRED, ITEM_VECTORS, METRICS, EVAL_TRUTH, EVAL_LISTS, RECOMMENDATIONS,
-)  # fmt: skip
+    CATALOG,
+    CATALOG_HISTORY,
+    INTERACTIONS,
+    QUARANTINE,
+    DEFERRED,
+    ITEM_VECTORS,
+    METRICS,
+    EVAL_TRUTH,
+    EVAL_LISTS,
+    RECOMMENDATIONS,
+)
 
 
 def column_names(spec: TableSpec) -> list[str]:

@@ -1,7 +1,8 @@
 """Train the hybrid ranker on everything known up to the run date, and save a versioned artifact.
 
-Reads `interactions` (events up to the end of `ds` only, so a backfilled date never sees its future),
-`catalog` (genres) and `item_vectors` (the fused content), fits `jobs.ranking.ranker.HybridRanker`
+Reads what the lake knew by the end of the training date (`jobs.asof`): `interactions` (events up to
+its end), the catalog as of then (genres) and `item_vectors` of that `fused_ds` (the fused content, fitted
+as of that date by `jobs.fuse`), fits `jobs.ranking.ranker.HybridRanker`
 with a chronological inner split (the nightly job predicts what users do next), and writes
 `<artifacts>/_models/ranker/<version>/ranker.safetensors` + `ranker.json` + `manifest.json` (one artifact
 folder of `jobs.artifacts`: reused only when it verifies). Training runs on the driver with
@@ -17,7 +18,7 @@ are refit on data up to the run date itself by `jobs.publish`, so the lists stil
 interactions.)
 
 Pointers: `_models/ranker/by_ds/<ds>.json` names the model for run date `ds` (what `jobs.publish`
-serves), and `_models/ranker/current.json` the model of the newest run date so far.
+serves, never another), and `_models/ranker/current.json` the model of the newest run date so far.
 
 Leases (`jobs.lease`): a run holds the lease of `ds` and of its training date, so the nightly run and a
 backfill of the same date, or of two dates of one training week, never interleave their writes.
@@ -44,11 +45,12 @@ from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lease
 from jobs.arguments import positive_int
+from jobs.asof import catalog_as_of, end_of_day, interactions_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
 from jobs.ranking.baselines import ItemSide
 from jobs.ranking.data import IndexedData, index_interactions
-from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS
+from jobs.schemas import ITEM_VECTORS
 from jobs.spark import job_main, spark_session
 
 log = logging.getLogger("modalrank.train")
@@ -65,28 +67,34 @@ class RankingData:
 
 
 def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
-    """Interactions up to the end of `ds`, genres and fused vectors for every catalog item, as numpy."""
-    end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
+    """What the lake knew by the end of `ds`, as numpy (`jobs.asof`): interactions up to then, genres of
+    the catalog as of `ds`, and the fused vectors fuse wrote for `ds` (`item_vectors` rows of `fused_ds`
+    = `ds`), never those of a later date."""
+    catalog = catalog_as_of(spark, config, ds).select("item_id", "genres").localCheckpoint(eager=True)
     # Each pair once, at its latest event, reduced in Spark; the driver receives three int64 columns
     # as Arrow (24 bytes a pair: 0.6 GB for ml-25m), never Python rows.
     interactions = (
-        lake.read_table(spark, config, INTERACTIONS)
-        .where(F.col("event_time") < F.lit(end_of_day))
+        interactions_as_of(spark, config, ds, catalog)
         .groupBy("user_id", "item_id")
         .agg(F.max(F.unix_timestamp("event_time")).alias("seconds"))
         .toArrow()
         .to_pandas()
     )
     # Arrow, not Python rows: one fused vector per catalog item is 62k arrays at ml-25m's size.
-    catalog = lake.read_table(spark, config, CATALOG).select("item_id", "genres").toArrow().to_pandas()
-    vectors = lake.read_table(spark, config, ITEM_VECTORS).select(
-        "item_id", "vector", "layout", "block_dims", "fusion_version"
+    catalog = catalog.toArrow().to_pandas()
+    vectors = (
+        lake.read_table(spark, config, ITEM_VECTORS)
+        .where(F.col("fused_ds") == F.lit(ds))
+        .select("item_id", "vector", "layout", "block_dims", "fusion_version")
     )
     vectors = vectors.toArrow().to_pandas()
     if vectors.empty:
-        raise ValueError("item_vectors is empty: run the fuse job for this lake first")
+        raise ValueError(
+            f"item_vectors has no rows for {ds}: run the fuse job for {ds} (or for a date whose training date it is)"
+        )
     if interactions.empty:
         raise ValueError(f"no interactions up to {ds} in {config.lake}")
+    end = end_of_day(ds)
     catalog = catalog.sort_values("item_id", ignore_index=True)
     data = index_interactions(
         interactions["user_id"].to_numpy(),
@@ -103,7 +111,7 @@ def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) 
         "items with interactions": int((data.interactions.item_counts() > 0).sum()),
         "modalities": ", ".join(items.modalities),
         "fusion version": ", ".join(fusion_versions),
-        "events up to": end_of_day.isoformat(sep=" "),
+        "events up to": end.isoformat(sep=" "),
     }
     log.info("ranking data as of %s: %s", ds, facts)
     return RankingData(data, items, fusion_versions[-1], facts)
@@ -148,14 +156,6 @@ class TrainReport:
     epochs: list = field(default_factory=list)
     training_seconds: float = 0.0
     seconds: float = 0.0
-
-
-def training_date(ds: dt.date, every_days: int) -> dt.date:
-    """The grid date whose model serves `ds`: the latest date on or before `ds` whose ordinal is a
-    multiple of `every_days` (every date when 1; Sundays when 7)."""
-    if every_days < 1:
-        raise ValueError(f"--every-days must be at least 1, got {every_days}")
-    return dt.date.fromordinal(ds.toordinal() - ds.toordinal() % every_days)
 
 
 def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData) -> str:

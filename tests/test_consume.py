@@ -37,8 +37,10 @@ def published(spark, small_demo, tmp_path_factory):
     config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
     ingest_with_taste_vectors(spark, config, small_demo, SMALL_DEMO.clusters, DS, noise=False)
     run_fuse(spark, config, DS)
-    run_train(spark, config, DS)
-    earlier = run_publish(spark, config, EARLIER, k=K)
+    trained = run_train(spark, config, DS)
+    # EARLIER gets its own item vectors; the DS model is named (a cheap stand-in for a train of EARLIER).
+    run_fuse(spark, config, EARLIER)
+    earlier = run_publish(spark, config, EARLIER, k=K, model_version=trained.version)
     latest = run_publish(spark, config, DS, k=K)
     return config, config.table_path(RECOMMENDATIONS.name), earlier.table_version, latest.table_version
 

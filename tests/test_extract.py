@@ -28,7 +28,8 @@ MEDIA_COLUMN = {"image": "poster_path", "audio": "audio_path", "video": "video_p
 
 
 def features(spark, config, modality: str) -> dict[int, dict]:
-    table = lake.read_table(spark, config, features_table(modality))
+    """Each item's newest row (an item whose content changed keeps a row per content version)."""
+    table = lake.read_table(spark, config, features_table(modality)).orderBy("extracted_ds", "item_id")
     return {row["item_id"]: row.asDict() for row in table.collect()}
 
 

@@ -196,7 +196,7 @@ def _write_catalog(spark, config, item_ids: list[int]):
     from jobs.schemas import CATALOG
 
     rows = [
-        (i, f"Item {i}", None, None, ["Drama"], [], None, None, None, None, None, f"t{i}", None, None, None,
+        (i, f"Item {i}", None, None, ["Drama"], [], None, None, None, None, None, f"text-{i}", f"image-{i}", None, None,
          None, "generic", DS, DS, NOW, NOW)
         for i in item_ids
     ]  # fmt: skip

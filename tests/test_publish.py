@@ -289,9 +289,15 @@ def test_cold_items_reach_some_lists(spark, published):
 
 @pytest.mark.spark
 def test_an_earlier_date_adds_its_own_partition_and_leaves_the_other_alone(spark, published):
-    config, _, _ = published
+    from jobs.fuse import run_fuse
+
+    config, trained, _ = published
     before = partition(spark, config, DS)
-    report = run_publish(spark, config, EARLIER, k=K)
+    # Nothing chose a model for EARLIER: publish refuses the newest one unless it is named.
+    with pytest.raises(FileNotFoundError, match=f"no ranker chosen for {EARLIER}"):
+        run_publish(spark, config, EARLIER, k=K)
+    run_fuse(spark, config, EARLIER)
+    report = run_publish(spark, config, EARLIER, k=K, model_version=trained.version)
     assert partition(spark, config, DS).equals(before)
     earlier = partition(spark, config, EARLIER)
     seen, available, _ = expected_lists(spark, config, EARLIER)

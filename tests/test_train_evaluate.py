@@ -45,7 +45,7 @@ def evaluated(spark, tmp_path_factory):
 
 def test_item_vectors_cover_every_item_with_both_blocks(spark, evaluated):
     config, fused, _, _ = evaluated
-    vectors = lake.read_table(spark, config, ITEM_VECTORS).toPandas()
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{DS}'").toPandas()
     assert len(vectors) == DEMO.items
     assert list(vectors["layout"].iloc[0]) == ["noise", "taste"]
     assert fused.fusion_version == vectors["fusion_version"].iloc[0]
@@ -67,6 +67,9 @@ def test_train_saves_a_versioned_artifact_and_points_at_it(evaluated):
 def test_training_on_an_earlier_date_sees_only_the_past(spark, evaluated):
     config, _, trained, _ = evaluated
     earlier = DS - dt.timedelta(days=7)
+    with pytest.raises(ValueError, match=f"item_vectors has no rows for {earlier}"):
+        run_train(spark, config, earlier)  # never the vectors of a later date
+    run_fuse(spark, config, earlier)
     past = run_train(spark, config, earlier)
     assert past.version != trained.version
     assert (
