@@ -6,4 +6,5 @@ bash "$root/infra/setup.sh"
 source "$root/infra/env.sh"
 cd "$root"
 .venv/bin/ruff check dags jobs features tests
-exec .venv/bin/python -m pytest "$@"
+# The slowest tests at the end of every run: where the suite's time goes, in CI's own log.
+exec .venv/bin/python -m pytest --durations=30 "$@"
