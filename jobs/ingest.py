@@ -41,6 +41,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from jobs import artifacts, asof, lake, lease, media_files, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.faults import crash_point
 from jobs.schemas import CATALOG, CATALOG_HISTORY, DEFERRED, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
@@ -567,15 +568,21 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     _classify_items(report, staged_items, known_by_ds)
     _classify_interactions(report, staged_events, interactions_table.toDF())
 
+    # Four commits, each idempotent, so a run killed between any two of them reruns to the same tables
+    # (the crash points are where tests/test_crash_rerun.py kills it).
     now = F.current_timestamp()
     _record_versions(spark, config, staged_items, ds, now)
+    crash_point("ingest.history_recorded")
     _merge_catalog(catalog, staged_items, ds, now)
+    crash_point("ingest.catalog_merged")
     _merge_interactions(interactions_table, staged_events, ds)
+    crash_point("ingest.interactions_merged")
 
     quarantine = _union(item_rejects, *media_rejects, *extra_rejects, event_rejects, carried_rejects).select(
         F.lit(ds).alias("ds"), F.lit(STAGE).alias("stage"), "*", now.alias("quarantined_at")
     )
     lake.replace_where(spark, config, QUARANTINE, quarantine, lake.rows_of(ds=ds, stage=STAGE))
+    crash_point("ingest.quarantined")
     # After the merges: a run that dies before this line leaves the due rows where they were, and its
     # rerun takes them in again (the merges are idempotent).
     deferred = _union(

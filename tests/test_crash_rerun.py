@@ -1,4 +1,4 @@
-"""kill -9 between the writes of fuse, train and publish, then a rerun: the same tables and artifacts as a run
+"""kill -9 between the writes of ingest, fuse, train and publish, then a rerun: the same tables and artifacts as a run
 that was never interrupted. And real job processes racing on one date and on two dates of one training week.
 
 One small lake (conftest's SMALL_DEMO, one imported modality) is built and run once in-process: the
@@ -28,7 +28,15 @@ from conftest import REPO_ROOT, SMALL_DEMO, ingest_with_taste_vectors
 
 from jobs import artifacts, lake
 from jobs.config import PipelineConfig, load_config
-from jobs.schemas import ITEM_VECTORS, RECOMMENDATIONS
+from jobs.schemas import (
+    CATALOG,
+    CATALOG_HISTORY,
+    DEFERRED,
+    INTERACTIONS,
+    ITEM_VECTORS,
+    QUARANTINE,
+    RECOMMENDATIONS,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -149,6 +157,54 @@ def dotted_leftovers(folder: Path) -> list[str]:
 # Each kill costs a job process (a Spark start): one point per write that a rerun must notice. The
 # points left out are covered without Spark (tests/test_artifacts.py kills a writer at both of
 # `build_artifact`'s points) or by tests/test_publish.py (publish killed while scoring).
+# Ingest's tables, each sorted by its key; columns ending in `_at` hold the wall clock of a commit.
+INGEST_TABLES = {
+    CATALOG: ["item_id"],
+    CATALOG_HISTORY: ["item_id", "ingested_ds"],
+    INTERACTIONS: ["user_id", "item_id", "event_time", "source"],
+    QUARANTINE: ["source_file", "record", "reason"],
+    DEFERRED: ["kind", "row_key"],
+}
+
+
+def ingest_tables(spark, config) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for spec, key in INGEST_TABLES.items():
+        rows = lake.read_table(spark, config, spec)
+        if spec is QUARANTINE:
+            rows = rows.where("stage = 'ingest'")
+        rows = rows.select(*(name for name in rows.columns if not name.endswith("_at"))).toPandas()
+        tables[spec.name] = rows.sort_values(key, ignore_index=True).astype(str)  # arrays compare as text
+    return tables
+
+
+def test_ingest_killed_between_its_commits_reruns_to_the_same_tables(spark, baseline, small_demo, tmp_path):
+    """Killed after the catalog MERGE, before the interactions': the rerun's tables equal the baseline's."""
+    from jobs.ingest import IngestRequest, run_ingest
+
+    config = load_config(lake=str(tmp_path / "lake"), shuffle_partitions=2)
+    sources = (
+        "--catalog",
+        str(small_demo / "catalog.csv"),
+        "--interactions",
+        str(small_demo / "interactions.csv"),
+    )
+    crash("ingest", config, "ingest.catalog_merged", *sources)
+    assert lake.read_table(spark, config, CATALOG).count() > 0
+    assert lake.read_table(spark, config, INTERACTIONS).count() == 0  # the commit the kill cut off
+
+    request = IngestRequest(
+        ds=DS, catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"
+    )
+    run_ingest(spark, config, request)
+    rerun, expected = ingest_tables(spark, config), ingest_tables(spark, baseline.config)
+    assert {name: len(rows) for name, rows in rerun.items()} == {
+        name: len(rows) for name, rows in expected.items()
+    }
+    for name, rows in expected.items():
+        pd.testing.assert_frame_equal(rerun[name], rows, obj=name)
+
+
 @pytest.mark.parametrize("point", ["fuse.projections.files_written"])
 def test_fuse_killed_between_its_writes_reruns_to_the_same_projections_and_vectors(spark, baseline, point):
     from jobs.fuse import run_fuse
