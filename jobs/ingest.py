@@ -248,17 +248,7 @@ def validate_extra(extra: Extra, known_item_ids: DataFrame) -> DataFrame:
     if extra.kind != "tags":  # tags are many per item; everything else is one per item
         duplicate = "duplicate media file for item" if is_media else "duplicate item id"
         checked = keep_first(checked, ["item_id"], duplicate)
-    known = known_item_ids.select("item_id").withColumn("known", F.lit(True))
-    return (
-        checked.join(known, "item_id", "left")
-        .withColumn(
-            "reason",
-            F.when(F.col("reason").isNull() & F.col("known").isNull(), F.lit("unknown item id")).otherwise(
-                F.col("reason")
-            ),
-        )
-        .drop("known")
-    )
+    return _flag_unknown_items(checked, known_item_ids)
 
 
 def _apply_extras(
@@ -412,15 +402,17 @@ def validate_interactions(
         checks.alias("reason"),
     )
     typed = keep_first(typed, list(INTERACTION_KEY), "duplicate interaction")
+    return _flag_unknown_items(typed, known_item_ids)
+
+
+def _flag_unknown_items(rows: DataFrame, known_item_ids: DataFrame) -> DataFrame:
+    """`rows` with the reason "unknown item id" on every row that has no reason yet and whose item is not
+    among `known_item_ids` (a left join: every row stays)."""
     known = known_item_ids.select("item_id").distinct().withColumn("known", F.lit(True))
+    unknown = F.col("reason").isNull() & F.col("known").isNull()
     return (
-        typed.join(known, "item_id", "left")
-        .withColumn(
-            "reason",
-            F.when(F.col("reason").isNull() & F.col("known").isNull(), F.lit("unknown item id")).otherwise(
-                F.col("reason")
-            ),
-        )
+        rows.join(known, "item_id", "left")
+        .withColumn("reason", F.when(unknown, F.lit("unknown item id")).otherwise(F.col("reason")))
         .drop("known")
     )
 
