@@ -61,7 +61,7 @@ class Baseline:
 
 def vectors(spark, config) -> pd.DataFrame:
     columns = ["item_id", "vector", "mask", "modalities", "fusion_version"]  # not fused_at: the wall clock
-    rows = lake.read_table(spark, config, ITEM_VECTORS).select(*columns).toPandas()
+    rows = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{DS}'").select(*columns).toPandas()
     return rows.sort_values("item_id", ignore_index=True)
 
 
@@ -275,11 +275,13 @@ def test_publish_killed_between_its_writes_reruns_to_the_same_lists(spark, basel
 def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline):
     """Both dates serve the model of their Sunday: one process trains it, the other waits for the training
     date's lease and reuses it. Both finish; one verified ranker; both dates point at it."""
+    from jobs.fuse import run_fuse
     from jobs.train import date_pointer, training_date
 
     config = fresh_artifacts(baseline, "train-race")
     sunday = training_date(DS, 7)
     dates = [sunday, sunday + dt.timedelta(days=1)]
+    run_fuse(spark, config, sunday, every_days=7)  # train reads the vectors fused for its training date
     processes = [job_process("train", config, ds.isoformat(), "--every-days", "7") for ds in dates]
     results = [finish(process) for process in processes]
     assert [code for code, _ in results] == [0, 0], "\n".join(output[-3000:] for _, output in results)
