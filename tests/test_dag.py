@@ -167,7 +167,8 @@ def test_nightly_dag_runs_end_to_end_on_demo_data(dagbag, airflow_db, spark, lak
         assert features.count() == SMALL_DEMO.items
         assert features.where("status = 'failed'").count() == 0
         assert (reports / f"extract_{modality}.md").is_file()
-    vectors = lake.read_table(spark, lake_config, ITEM_VECTORS)
+    # The run date's vectors (fuse also writes those of its training date, the Sunday before, for train).
+    vectors = lake.read_table(spark, lake_config, ITEM_VECTORS).where(f"fused_ds = '{SMALL_DEMO.end_date}'")
     assert vectors.count() == SMALL_DEMO.items
     assert vectors.select("layout").first()["layout"] == ["audio", "image", "text", "video"]
     # The ranker's artifact, and an evaluation of it against the baselines on all three protocols.
