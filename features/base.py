@@ -8,7 +8,7 @@ pyspark.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,12 +62,17 @@ class Extractor(ABC):
         """One result per output of `decode` that was not a failure, in order."""
         raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
 
-    def decode_then_extract(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        """`extract_batch` for an extractor split into `decode` and `extract_decoded`, all in this process."""
+    def decode_then_extract(
+        self, inputs: Sequence[object], decode: Callable[[object], object] | None = None
+    ) -> list[Extraction]:
+        """`extract_batch` for an extractor split into `decode` and `extract_decoded`: each input decoded
+        (by `decode`, default this extractor's own, in this process; the pipeline passes its sandbox's),
+        then every decoded one through the model in one call, results in input order."""
+        decode = decode or self.decode
         results: list[Extraction | None] = [None] * len(inputs)
         decoded = {}
         for index, value in enumerate(inputs):
-            outcome = self.decode(value)
+            outcome = decode(value)
             if isinstance(outcome, Extraction):
                 results[index] = outcome
             else:

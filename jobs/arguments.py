@@ -85,9 +85,9 @@ MODEL_VERSION = Rule(
 # A modality's name is part of a table's name (`features_<name>`) and a task id (`import_<name>`).
 MODALITY_NAME = Rule(
     "modality name",
-    r"^[a-z][a-z0-9_]{0,31}$",
-    "a lowercase letter, then lowercase letters, digits or '_', at most 32 (e.g. mmtf_avf)",
-    32,
+    r"^[a-z][a-z0-9_]{0,39}$",
+    "a lowercase letter, then lowercase letters, digits or '_', at most 40 (e.g. mmtf_avf)",
+    40,
 )
 # Files and folders the pipeline only reads. `..` is allowed: a relative path such as
 # ../shared/data/ml-latest-small is the documented way to name them.

@@ -51,12 +51,17 @@ class ArtifactError(ValueError):
     """An artifact that does not verify, where the caller needs a verified one."""
 
 
+def run_id() -> str:
+    """The run this process belongs to: Airflow's DAG run id, else `MODALRANK_RUN_ID`, else ""."""
+    return os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "") or os.environ.get("MODALRANK_RUN_ID", "")
+
+
 def writer_identity() -> dict:
     """Who is writing: recorded in manifests and lease records, so a stray file can be traced."""
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "run": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "") or os.environ.get("MODALRANK_RUN_ID", ""),
+        "run": run_id(),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -186,11 +191,14 @@ def is_verified(folder: Path, purpose: str = "reuse") -> bool:
     return not problems
 
 
-def require_verified(folder: Path) -> Path:
-    """`folder`, or an `ArtifactError` that says what is wrong with it: for readers that must not rebuild."""
+def require_verified(folder: Path, remedy: str = "") -> Path:
+    """`folder`, or an `ArtifactError` that says what is wrong with it (and `remedy`, what to do about
+    it): for readers that must not rebuild."""
     problems = verify(folder)
     if problems:
-        raise ArtifactError(f"artifact {folder} does not verify: {'; '.join(problems)}")
+        raise ArtifactError(
+            f"artifact {folder} does not verify ({'; '.join(problems)})" + (f": {remedy}" if remedy else "")
+        )
     return Path(folder)
 
 

@@ -64,8 +64,10 @@ def catalog_history(spark: SparkSession, config: PipelineConfig) -> DataFrame:
     `first_seen_ds` on."""
     history = lake.ensure_table(spark, config, CATALOG_HISTORY).toDF()
     catalog = lake.read_table(spark, config, CATALOG)
-    missing = catalog.join(history.select("item_id"), "item_id", "left_anti")
-    if not missing.isEmpty():
+    # Computed once: the check, the append and the count below read the same rows (usually none).
+    missing = catalog.join(history.select("item_id"), "item_id", "left_anti").localCheckpoint(eager=True)
+    filled = missing.count()
+    if filled:
         rows = missing.select(
             *VERSION_COLUMNS,
             F.col("first_seen_ds").alias("ingested_ds"),
@@ -74,7 +76,7 @@ def catalog_history(spark: SparkSession, config: PipelineConfig) -> DataFrame:
         lake.conform(rows, CATALOG_HISTORY).write.format("delta").mode("append").save(
             config.table_path(CATALOG_HISTORY.name)
         )
-        log.info("catalog_history: filled in %d items from catalog", missing.count())
+        log.info("catalog_history: filled in %d items from catalog", filled)
         history = lake.read_table(spark, config, CATALOG_HISTORY)
     return history
 

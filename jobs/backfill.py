@@ -97,14 +97,8 @@ def run_date(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan, ds
         log.info("backfill %s: %s done in %.1f s", ds, name, result.seconds[name])
         return outcome
 
-    def feature_table_leased(modality: str, run):
-        # Extractors lease their own feature table of the date (jobs.lease.date_key), not the whole date:
-        # the DAG's task for the same modality must wait for this one even though it holds no date lease.
-        with lease.lease(config, lease.date_key(ds, f"features_{modality}"), f"backfill extract {modality}"):
-            return run()
-
-    # The date's lease for all its stages (each stage's own lease of the date is then held already): a
-    # scheduler's run of the same date waits for this one, and the other way round.
+    # The date's lease for all its stages (each stage takes its own leases too: `lease.holding`; the date's
+    # is then held already): a scheduler's run of the same date waits for this one, and the other way round.
     with lease.lease(config, lease.date_key(ds), "backfill"):
         try:
             if "ingest" in plan.stages and plan.sources is not None:
@@ -113,17 +107,10 @@ def run_date(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan, ds
                 for modality in plan.modalities:
                     stage(
                         f"extract_{modality}",
-                        lambda m=modality: feature_table_leased(
-                            m, lambda: run_extract(spark, config, m, ds, plan.force_extract)
-                        ),
+                        lambda m=modality: run_extract(spark, config, m, ds, plan.force_extract),
                     )
                 for name, vectors in sorted(config.imported_vectors.items()):
-                    stage(
-                        f"import_{name}",
-                        lambda n=name, v=vectors: feature_table_leased(
-                            n, lambda: run_import(spark, config, n, v, ds)
-                        ),
-                    )
+                    stage(f"import_{name}", lambda n=name, v=vectors: run_import(spark, config, n, v, ds))
             if "fuse" in plan.stages:
                 stage("fuse", lambda: run_fuse(spark, config, ds, every_days=plan.train_every_days))
             if "train" in plan.stages:

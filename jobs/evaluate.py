@@ -192,6 +192,8 @@ def check_targets(metrics: pd.DataFrame, dataset: str) -> list[dict]:
     return targets
 
 
+# The date's run lease: a second run of this date waits, then fails naming the holder.
+@lease.holding("evaluate", lambda ds, **_: [lease.date_key(ds)])
 def run_evaluate(
     spark: SparkSession,
     config: PipelineConfig,
@@ -271,7 +273,6 @@ def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.Da
     from jobs.ranking.report import format_metrics_table, write_evaluation_report
 
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"evaluate_{report.dataset}"
     report.tables = {protocol: format_metrics_table(metrics, protocol) for protocol in metrics.protocol.unique()}
     context = {
@@ -328,11 +329,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> EvaluateReport:
     config = load_run_config(args)
-    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
-    with (
-        lease.lease(config, lease.date_key(args.ds), "evaluate"),
-        spark_session("modalrank-evaluate", config) as spark,
-    ):
+    with spark_session("modalrank-evaluate", config) as spark:
         report = run_evaluate(
             spark, config, args.ds, args.dataset, tuple(args.protocols), seed=args.seed, ablation=args.ablation
         )

@@ -173,13 +173,9 @@ def _close_sandboxes() -> None:
         sandbox.close()
 
 
-def read_media(path: str, max_bytes: int) -> bytes | str:
-    """The file's bytes, or a failure phrase (`jobs.media_files`): for tools that run an extractor in
-    their own process (the benchmark); the pipeline reads through the decode sandbox."""
-    return media_files.read_media_file(path, max_bytes)
-
-
-def extractor_inputs(modality: str, items: pd.DataFrame, max_bytes: int = 2 << 30) -> list[bytes | str]:
+def extractor_inputs(
+    modality: str, items: pd.DataFrame, max_bytes: int = PipelineConfig.max_media_bytes
+) -> list[bytes | str]:
     """What the extractor sees for each row: the composed text, or the media file's bytes (or why not).
 
     `items` has the catalog's title, overview, genres and tags, and the modality's file as `path`.
@@ -191,24 +187,18 @@ def extractor_inputs(modality: str, items: pd.DataFrame, max_bytes: int = 2 << 3
             compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
             for row in items.itertuples()
         ]
-    return [read_media(path, max_bytes) for path in items["path"]]
+    return [media_files.read_media_file(path, max_bytes) for path in items["path"]]
 
 
-def _extract_media(extractor, sandbox: DecodeSandbox, paths: pd.Series) -> list:
-    """One `Extraction` or failure phrase per path: decoded in the sandbox, then the model here."""
+def _decode_in(sandbox: DecodeSandbox):
+    """The sandbox's decode as an extractor's `decode`: decoded arrays, or a failed `Extraction`."""
     from features.base import Extraction
 
-    outcomes: list = [None] * len(paths)
-    decoded: dict[int, object] = {}
-    for index, path in enumerate(paths):
-        value, reason = sandbox.decode(path)
-        if reason is None:
-            decoded[index] = value
-        else:
-            outcomes[index] = Extraction.failed(reason)
-    for index, result in zip(decoded, extractor.extract_decoded(list(decoded.values())), strict=True):
-        outcomes[index] = result
-    return outcomes
+    def decode(path: str) -> object:
+        decoded, reason = sandbox.decode(path)
+        return Extraction.failed(reason) if reason is not None else decoded
+
+    return decode
 
 
 def extract_partition(modality: str, threads: int, limits: DecodeLimits):
@@ -224,7 +214,7 @@ def extract_partition(modality: str, threads: int, limits: DecodeLimits):
             if sandbox is None:
                 results = extractor.extract_batch(extractor_inputs(modality, batch))
             else:
-                results = _extract_media(extractor, sandbox, batch["path"])
+                results = extractor.decode_then_extract(list(batch["path"]), decode=_decode_in(sandbox))
             rows = []
             for item_id, result in zip(batch["item_id"], results, strict=True):
                 if result.ok:
@@ -281,6 +271,9 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
     return joined.where(stale).select(*_WORK_COLUMNS)
 
 
+# The lease of this date's feature table: a second run of it waits, then fails naming the holder; the
+# other extractors of the date run beside it.
+@lease.holding("extract", lambda modality, ds, **_: [lease.date_key(ds, f"features_{modality}")])
 def run_extract(
     spark: SparkSession, config: PipelineConfig, modality: str, ds: dt.date, force: bool = False
 ) -> ExtractReport:
@@ -434,7 +427,6 @@ def _quarantine_failures(
 
 def write_report(config: PipelineConfig, report: ExtractReport) -> Path:
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"extract_{report.modality}"
     payload = asdict(report) | {"items_per_second": round(report.items_per_second, 2)}
     artifacts.write_text(folder / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -497,12 +489,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
-    # The lease of this date's feature table (jobs.lease): a second run of it waits, then fails naming the
-    # holder; the other extractors of the date run beside it.
-    with (
-        lease.lease(config, lease.date_key(args.ds, f"features_{args.modality}"), f"extract {args.modality}"),
-        spark_session(f"modalrank-extract-{args.modality}", config) as spark,
-    ):
+    with spark_session(f"modalrank-extract-{args.modality}", config) as spark:
         report = run_extract(spark, config, args.modality, args.ds, force=args.force)
     log_report(report)
     return report

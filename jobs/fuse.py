@@ -335,17 +335,16 @@ def fuse_partition(fusion: Fusion, columns: list[str]):
 
 
 def fit_fusion(
-    spark: SparkSession,
-    config: PipelineConfig,
     inputs: list[ModalityInput],
+    fit_ok: dict[str, DataFrame],
     key: dict,
     ds: dt.date,
     block_dim: int,
     max_fit_items: int,
-    catalog: DataFrame,
     fit_sets_sha256: dict[str, str],
 ) -> tuple[Fusion, dict]:
-    """Fit every usable modality's projection on the driver; the artifact's description beside it."""
+    """Fit every usable modality's projection on the driver from its ok vectors (`fit_ok`, as of `ds`)
+    and the fit sets they were chosen by (`fit_set_of`); the artifact's description beside it."""
     projections, modalities, fit_sets, skipped = {}, {}, {}, {}
     for spec in inputs:
         if not spec.fittable:
@@ -353,9 +352,7 @@ def fit_fusion(
             log.warning("fuse: skipping %s: %s", spec.modality, skipped[spec.modality])
             continue
         started = time.monotonic()
-        ids, hashes, matrix = fit_sample(
-            ok_vectors(spark, config, spec.modality, catalog), spec.ok_items, max_fit_items
-        )
+        ids, _, matrix = fit_sample(fit_ok[spec.modality], spec.ok_items, max_fit_items)
         collected = time.monotonic()
         projection = fit_projection(matrix, block_dim)
         if projection.k == 0:
@@ -363,7 +360,7 @@ def fit_fusion(
             log.warning("fuse: skipping %s: %s", spec.modality, skipped[spec.modality])
             continue
         projections[spec.modality] = projection
-        fit_sets[spec.modality] = fit_set_digest(ids, hashes)
+        fit_sets[spec.modality] = fit_sets_sha256[spec.modality]
         modalities[spec.modality] = spec.key() | {
             "block_dim": projection.k,
             "fit_items": len(ids),
@@ -398,6 +395,11 @@ def fit_fusion(
     return fusion, meta
 
 
+# The lease of `ds` and of its training date, whose projection and vectors a fuse may write (`jobs.asof`).
+@lease.holding(
+    "fuse",
+    lambda ds, every_days, **_: [lease.date_key(ds), lease.training_key(training_date(ds, every_days))],
+)
 def run_fuse(
     spark: SparkSession,
     config: PipelineConfig,
@@ -408,23 +410,7 @@ def run_fuse(
     modalities: list[str] | None = None,
     every_days: int = 1,
 ) -> FuseReport:
-    """Fit or reuse the projections and write the date's `item_vectors`, holding the lease of `ds` and of
-    its training date (whose projection and vectors it may write: `jobs.asof`)."""
-    keys = [lease.date_key(ds), lease.training_key(training_date(ds, every_days))]
-    with lease.leases(config, keys, "fuse"):
-        return _run_fuse(spark, config, ds, refit, block_dim, max_fit_items, modalities, every_days)
-
-
-def _run_fuse(
-    spark: SparkSession,
-    config: PipelineConfig,
-    ds: dt.date,
-    refit: bool = False,
-    block_dim: int = DEFAULT_BLOCK_DIM,
-    max_fit_items: int = DEFAULT_MAX_FIT_ITEMS,
-    modalities: list[str] | None = None,
-    every_days: int = 1,
-) -> FuseReport:
+    """Fit or reuse the projections and write the date's `item_vectors` (the module docstring says how)."""
     started = time.monotonic()
     report = FuseReport(ds.isoformat())
     folder = models_dir(config)
@@ -441,12 +427,11 @@ def _run_fuse(
     # vectors of one fit (`jobs.asof`).
     fit_ds = training_date(ds, every_days)
     fit_catalog = catalog_as_of(spark, config, fit_ds).localCheckpoint(eager=True)
-    inputs = [describe_modality(ok_vectors(spark, config, m, fit_catalog), m) for m in available]
+    fit_ok = {m: ok_vectors(spark, config, m, fit_catalog) for m in available}
+    inputs = [describe_modality(fit_ok[m], m) for m in available]
     key = {"method": METHOD, "block_dim": block_dim, "inputs": {spec.modality: spec.key() for spec in inputs}}
     fit_sets = {
-        spec.modality: fit_set_of(
-            ok_vectors(spark, config, spec.modality, fit_catalog), spec.ok_items, max_fit_items
-        )
+        spec.modality: fit_set_of(fit_ok[spec.modality], spec.ok_items, max_fit_items)
         for spec in inputs
         if spec.fittable
     }
@@ -462,9 +447,7 @@ def _run_fuse(
         log.info("fuse: reusing fusion %s fitted on %s", meta["fusion_version"], meta["fitted_ds"])
     else:
         fit_started = time.monotonic()
-        fusion, meta = fit_fusion(
-            spark, config, inputs, key, fit_ds, block_dim, max_fit_items, fit_catalog, fit_sets
-        )
+        fusion, meta = fit_fusion(inputs, fit_ok, key, fit_ds, block_dim, max_fit_items, fit_sets)
         save_artifact(folder, fusion, meta)
         report.projections = "refit" if refit else "fitted"
         report.fit_seconds = round(time.monotonic() - fit_started, 2)
@@ -481,7 +464,7 @@ def _run_fuse(
     report.artifact = str(folder / meta["fusion_version"])
 
     write_started = time.monotonic()
-    catalog = catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
+    catalog = fit_catalog if fit_ds == ds else catalog_as_of(spark, config, ds).localCheckpoint(eager=True)
     report.catalog_items = catalog.count()
     write_item_vectors(spark, config, fusion, report.fusion_version, ds, catalog, report.catalog_items)
     if fit_ds != ds and not _has_item_vectors(spark, config, fit_ds, report.fusion_version):

@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import re
 import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from features.registry import BUILT_IN
 from jobs import lake, lease, sources
-from jobs.arguments import input_path, modality_name
+from jobs.arguments import MODALITY_NAME, input_path, modality_name
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.extract import ExtractReport, log_report, write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
@@ -35,7 +35,6 @@ log = logging.getLogger("modalrank.import_vectors")
 
 ID_COLUMNS = ("item_id", "itemId", "movieId")
 VECTOR_COLUMNS = ("vector", "embedding")
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 EXTRACTOR_VERSION = "1"
 
 
@@ -77,11 +76,17 @@ def parse_vectors(raw: DataFrame, id_column: str, vector_column: str) -> DataFra
     return keep_first(typed.withColumn("reason", checks), ["item_id"], "duplicate item id")
 
 
+# The lease of this date's feature table, as an extractor's (`lease.date_key` refuses a name that could
+# not be a table's, before any file is made).
+@lease.holding("import", lambda name, ds, **_: [lease.date_key(ds, f"features_{name}")])
 def run_import(
     spark: SparkSession, config: PipelineConfig, name: str, vectors_path: Path, ds: dt.date
 ) -> ExtractReport:
-    if not NAME_PATTERN.match(name) or name in {"text", "image", "audio", "video"}:
-        raise ValueError(f"modality name {name!r} must be lower-case letters, digits or _ and not a built-in one")
+    MODALITY_NAME.check(name)  # the rule `--name` and the DAG use
+    if name in BUILT_IN:
+        raise ValueError(
+            f"modality name {name!r} is taken: imported vectors need a name that is not a built-in one"
+        )
     started = time.monotonic()
     extractor = f"imported:{vectors_path.name}"
     report = ExtractReport(ds.isoformat(), name, extractor, EXTRACTOR_VERSION)
@@ -168,12 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> ExtractReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
-    # The lease of this date's feature table (jobs.lease): a second run of it waits, then fails naming the
-    # holder; the other extractors of the date run beside it.
-    with (
-        lease.lease(config, lease.date_key(args.ds, f"features_{args.name}"), f"import {args.name}"),
-        spark_session(f"modalrank-import-{args.name}", config) as spark,
-    ):
+    with spark_session(f"modalrank-import-{args.name}", config) as spark:
         report = run_import(spark, config, args.name, args.vectors, args.ds)
     log_report(report)
     return report

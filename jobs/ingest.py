@@ -32,7 +32,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -42,6 +41,7 @@ from jobs import artifacts, asof, lake, lease, media_files, sources
 from jobs.arguments import optional_input_path
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
+from jobs.input_accounts import INPUT_COLUMNS, InputAccount, input_row
 from jobs.schemas import CATALOG, CATALOG_HISTORY, DEFERRED, INTERACTIONS, MEDIA_KINDS, QUARANTINE, column_names
 from jobs.sources import Extra, RawSource
 from jobs.spark import job_main, spark_session
@@ -95,35 +95,6 @@ class IngestRequest:
 
 class IngestAccountingError(RuntimeError):
     """Some input's rows do not add up: a reader or a join lost or duplicated rows. Nothing was written."""
-
-
-@dataclass
-class InputAccount:
-    """What became of one input's rows: `rows` = ingested + deferred + quarantined + superseded."""
-
-    input: str  # the file (or media folder) read, or for rows taken from `deferred`, the file they came from
-    kind: str  # items | interactions | overview | tags | links | poster | audio | video
-    origin: str  # "source": read from the file this run; "deferred": taken from the deferred table
-    lines: int = 0  # physical records counted before parsing: non-blank lines after a CSV's header,
-    #                 Parquet rows, media files, or due rows in the deferred table
-    lines_in_rows: int = 0  # the physical records the parsed rows span
-    rows: int = 0  # records parsed
-    ingested: int = 0  # merged into the catalog or interactions (new, changed or already there unchanged)
-    deferred: int = 0  # kept in `deferred` until the first run date they are due
-    quarantined: int = 0  # in `quarantine` with a reason
-    superseded: int = 0  # deferred rows whose key this run's source or a later deferral holds again
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.lines != self.lines_in_rows:
-            found.append(f"{self.lines} physical records but rows spanning {self.lines_in_rows}")
-        settled = self.ingested + self.deferred + self.quarantined + self.superseded
-        if self.rows != settled:
-            found.append(
-                f"{self.rows} rows read but {settled} settled (ingested {self.ingested}, deferred "
-                f"{self.deferred}, quarantined {self.quarantined}, superseded {self.superseded})"
-            )
-        return found
 
 
 @dataclass
@@ -299,21 +270,9 @@ def _apply_extras(
 
 
 _RESOLVED = StructType([StructField("path", StringType()), StructField("reason", StringType())])
-_HASHED = StructType([StructField("hash", StringType()), StructField("reason", StringType())])
 # Path problems that reject the whole item (its catalog row is wrong), unlike a file problem, which
 # costs the item only that modality.
 _PATH_REASONS = (media_files.ESCAPES_ROOT, media_files.NUL_IN_PATH)
-
-
-def _media_hashes(path_column: str) -> Column:
-    """(sha256, None) of each row's media file, or (None, reason): only regular files are opened."""
-
-    @F.pandas_udf(_HASHED)
-    def hash_files(paths: pd.Series) -> pd.DataFrame:
-        hashed = [media_files.sha256_of_media_file(path) for path in paths]
-        return pd.DataFrame(hashed, columns=["hash", "reason"], dtype=object)
-
-    return hash_files(F.col(path_column))
 
 
 def _resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[DataFrame, list[DataFrame]]:
@@ -341,7 +300,7 @@ def _resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[Da
     file_rejects = []
     for kind in MEDIA_KINDS:
         items = items.withColumn("m_path", F.col(f"{kind}_resolved.path"))
-        items = items.withColumn("m_hashed", _media_hashes("m_path"))
+        items = items.withColumn("m_hashed", sources.file_hashes("m_path"))
         unusable = F.col("m_path").isNotNull() & F.col("m_hashed.hash").isNull()
         file_rejects.append(
             items.where(F.col("reason").isNull() & unusable).select(
@@ -452,6 +411,8 @@ def _text_hash() -> Column:
     )
 
 
+# The date's run lease: a second run of this date waits, then fails naming the holder.
+@lease.holding("ingest", lambda request, **_: [lease.date_key(request.ds)])
 def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestRequest) -> IngestReport:
     started = time.monotonic()
     ds = request.ds
@@ -722,12 +683,10 @@ def _tally(rows: DataFrame, kind: str, origin: str, measure: str) -> DataFrame:
 def _totals(rows: DataFrame, kind: str, origin: str, physical: DataFrame | None = None) -> DataFrame:
     """Rows, the lines they span, and the input's physical records (from `input_lines`, or `physical`
     counted per input) as tallies."""
-    spans = rows.groupBy("input").agg(
-        F.count("*").alias("rows"), F.sum("lines").alias("lines_in_rows"), F.max("input_lines").alias("lines")
-    ) if physical is None else rows.groupBy("input").agg(
-        F.count("*").alias("rows"), F.sum("lines").alias("lines_in_rows")
-    )  # fmt: skip
-    measures = ["rows", "lines_in_rows"] + (["lines"] if physical is None else [])
+    measures = {"rows": F.count("*"), "lines_in_rows": F.sum("lines")}
+    if physical is None:
+        measures["lines"] = F.max("input_lines")  # the same on every row of an input
+    spans = rows.groupBy("input").agg(*(value.alias(name) for name, value in measures.items()))
     tallies = [
         spans.select(F.lit(kind), F.lit(origin), "input", F.lit(m), F.col(m).cast("long")).toDF(
             "kind", "origin", "input", "measure", "n"
@@ -902,19 +861,9 @@ def _merge_interactions(table: DeltaTable, staged: DataFrame, ds: dt.date) -> No
 # Report
 
 
-INPUT_COLUMNS = ("input", "kind", "origin", "lines", "rows", "ingested", "deferred", "quarantined", "superseded")
-
-
-def input_row(account: InputAccount | dict) -> tuple:
-    """One input's cells in INPUT_COLUMNS order (the run report shows the same table)."""
-    values = asdict(account) if isinstance(account, InputAccount) else account
-    return tuple(values.get(column, "") for column in INPUT_COLUMNS)
-
-
 def write_report(config: PipelineConfig, report: IngestReport) -> Path:
     """`<artifacts>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
     folder = config.reports_dir / report.ds
-    folder.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {
         "items_ingested": report.items_ingested,
         "interactions_ingested": report.interactions_ingested,
@@ -1030,11 +979,7 @@ def run_from_args(args: argparse.Namespace) -> IngestReport:
     """The job as the command line and spark-submit run it: its own session, then the log summary."""
     config = load_run_config(args)
     request = request_from_args(args)
-    # The date's run lease (jobs.lease): a second run of this date waits, then fails naming the holder.
-    with (
-        lease.lease(config, lease.date_key(args.ds), "ingest"),
-        spark_session("modalrank-ingest", config) as spark,
-    ):
+    with spark_session("modalrank-ingest", config) as spark:
         report = run_ingest(spark, config, request)
     log_report(report)
     return report

@@ -32,16 +32,19 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import functools
+import inspect
 import json
 import logging
 import os
-import socket
+import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from jobs.artifacts import writer_identity
 from jobs.config import PipelineConfig
 
 log = logging.getLogger("modalrank.lease")
@@ -68,6 +71,8 @@ def date_key(ds: dt.date, table: str = "") -> str:
     A job that writes one table of its own (an extractor: `features_<modality>` and that modality's
     quarantine rows and report) names the table, so the DAG's extractors of one date, which never write
     the same thing, run side by side on a cluster while two runs of the same extractor still cannot."""
+    if table and not re.fullmatch(r"[a-z][a-z0-9_]*", table):  # it becomes a file name under _locks/
+        raise ValueError(f"table name {table!r} cannot name a lease: lowercase letters, digits and '_' only")
     return f"ds-{ds.isoformat()}" + (f"-{table}" if table else "")
 
 
@@ -105,14 +110,15 @@ def describe_holder(holder: dict) -> str:
 
 
 def _write_holder(fd: int, job: str, config: PipelineConfig, key: str) -> None:
+    identity = writer_identity()
     record = {
         "job": job,
         "key": key,
         "lake": config.lake,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "run": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "") or os.environ.get("MODALRANK_RUN_ID", ""),
-        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": identity["host"],
+        "pid": identity["pid"],
+        "run": identity["run"],
+        "since": identity["at"],
         "command": " ".join(sys.argv)[:300],
     }
     data = (json.dumps(record, sort_keys=True) + "\n").encode()
@@ -184,6 +190,31 @@ def leases(config: PipelineConfig, keys: list[str], job: str, timeout: float | N
         for key in keys:
             stack.enter_context(lease(config, key, job, timeout))
         yield
+
+
+def holding(job: str, keys: Callable[..., list[str]]):
+    """Decorator for a stage's run function `run_<stage>(spark, config, ...)`: every call holds the
+    leases `keys(**arguments)` names (the call's arguments by name, defaults filled in) for its whole
+    length, taken before the function's first line. So the CLI, spark-submit, the backfill runner and
+    tests all take the same leases, whoever calls the stage.
+
+        @lease.holding("publish", lambda ds, **_: [lease.date_key(ds)])
+        def run_publish(spark, config, ds, k=50, ...): ...
+    """
+
+    def decorate(run: Callable) -> Callable:
+        signature = inspect.signature(run)
+
+        @functools.wraps(run)
+        def leased(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with leases(bound.arguments["config"], keys(**bound.arguments), job):
+                return run(*args, **kwargs)
+
+        return leased
+
+    return decorate
 
 
 def is_free(config: PipelineConfig, key: str) -> bool:

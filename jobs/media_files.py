@@ -143,9 +143,14 @@ def resolve_under(root: str, path: str) -> tuple[str | None, str | None]:
         candidate = os.path.realpath(os.path.join(real_root, path))
     except (OSError, ValueError):
         return None, UNREADABLE
-    if os.path.commonpath([real_root, candidate]) != real_root:
+    if not _inside(real_root, candidate):
         return None, ESCAPES_ROOT
     return candidate, None
+
+
+def _inside(real_folder: str, real_path: str) -> bool:
+    """Whether `real_path` is `real_folder` or below it (both already resolved by `os.path.realpath`)."""
+    return os.path.commonpath([real_folder, real_path]) == real_folder
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def media_folder_entry(folder: str, name: str) -> FolderEntry:
         real = os.path.realpath(entry_path)
     except OSError as error:
         return FolderEntry(name, None, _reason_for(error))
-    if os.path.commonpath([real_folder, real]) != real_folder:
+    if not _inside(real_folder, real):
         return FolderEntry(name, None, LINK_ESCAPES_FOLDER if is_link else ESCAPES_ROOT)
     problem = check_regular_file(real)
     return FolderEntry(name, None if problem else real, problem)

@@ -59,7 +59,7 @@ from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lease
 from jobs.arguments import optional_model_version, positive_int, share
-from jobs.asof import catalog_as_of, end_of_day
+from jobs.asof import end_of_day
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.faults import crash_point
 from jobs.progress import stage_progress
@@ -161,12 +161,7 @@ def ranker_folder(config: PipelineConfig, ds: dt.date, model_version: str | None
             f"ranker {model_version} is not saved in {root}: run train first, or name a saved --model-version"
         )
     # Never serve a partial or foreign ranker: train for the date again, which rebuilds it.
-    problems = artifacts.verify(folder)
-    if problems:
-        raise artifacts.ArtifactError(
-            f"ranker {model_version} in {root} does not verify ({'; '.join(problems)}): rerun train for {ds}"
-        )
-    return folder
+    return artifacts.require_verified(folder, remedy=f"rerun train for {ds}")
 
 
 def save_serving_artifact(
@@ -607,22 +602,8 @@ def _phase(report: PublishReport, name: str):
         report.timings[name] = round(time.monotonic() - started, 1)
 
 
+@lease.holding("publish", lambda ds, **_: [lease.date_key(ds)])
 def run_publish(
-    spark: SparkSession,
-    config: PipelineConfig,
-    ds: dt.date,
-    k: int = DEFAULT_K,
-    model_version: str | None = None,
-    max_changed_share: float = 1.0,
-    min_coverage: float = 0.0,
-    keep_serving: bool = False,
-) -> PublishReport:
-    """Score, gate and write the run date's lists, holding the lease of `ds` (`jobs.lease`)."""
-    with lease.lease(config, lease.date_key(ds), "publish"):
-        return _run_publish(spark, config, ds, k, model_version, max_changed_share, min_coverage, keep_serving)
-
-
-def _run_publish(
     spark: SparkSession,
     config: PipelineConfig,
     ds: dt.date,
@@ -654,7 +635,7 @@ def _run_publish(
         ranker = load_ranker(folder, loaded.items, base=None)
         data = loaded.data
         # The catalog as of ds, never the newest (`jobs.asof`): eligibility and the gate both use it.
-        catalog = catalog_as_of(spark, config, ds).select("item_id", "available_from").localCheckpoint(eager=True)
+        catalog = loaded.catalog.select("item_id", "available_from")
         eligible_items = eligible_item_mask(catalog, ds, data.item_ids)
     if report.trained_ds and report.trained_ds > report.ds:
         report.notes.append(

@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from features.registry import BUILT_IN
 from jobs import artifacts
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
+from jobs.input_accounts import INPUT_COLUMNS, InputAccount
 
 # The evaluation report's table and image helpers, so both pages look and escape alike.
 from jobs.ranking.report import (
@@ -198,22 +199,10 @@ def summarise_stage(stage: str, report: dict) -> StageSummary:
     return summary
 
 
-# The ingest report's per-input columns (jobs.ingest.INPUT_COLUMNS; not imported: this page never
-# loads Spark's modules).
-INGEST_INPUT_COLUMNS = (
-    "input", "kind", "origin", "lines", "rows", "ingested", "deferred", "quarantined", "superseded",
-)  # fmt: skip
-SETTLED = ("ingested", "deferred", "quarantined", "superseded")
-
-
 def unbalanced_inputs(inputs: list[dict]) -> list[str]:
     """Inputs whose rows do not add up (ingest refuses to write such a run; an edited report might)."""
-    problems = []
-    for row in inputs:
-        settled = sum(_number(row.get(part)) for part in SETTLED)
-        if _number(row.get("rows")) != settled or _number(row.get("lines")) != _number(row.get("lines_in_rows")):
-            problems.append(f"{row.get('input')}: {row.get('rows')} rows read, {settled} accounted for")
-    return problems
+    accounts = [InputAccount.from_record(row) for row in inputs]
+    return [f"{a.input}: {a.rows} rows read, {a.settled} accounted for" for a in accounts if a.problems()]
 
 
 def evaluation_tables(dataset: str, report: dict) -> dict:
@@ -370,11 +359,9 @@ def sections(run: RunReport) -> list[Section]:
     stage_header = ("stage", "status", "seconds", "counts", "outcome", "reports")
     result = [Section("Stages", 2, "", stage_header, tuple(_stage_row(s) for s in run.stages))]
     if run.ingest_inputs:
-        cells = tuple(
-            tuple(_value_text(row.get(column)) for column in INGEST_INPUT_COLUMNS) for row in run.ingest_inputs
-        )
+        cells = tuple(tuple(_value_text(row.get(column)) for column in INPUT_COLUMNS) for row in run.ingest_inputs)
         text = "Every input: rows read = ingested + deferred + quarantined + superseded."
-        result.append(Section("Ingest inputs", 2, text, INGEST_INPUT_COLUMNS, cells, link="ingest.md"))
+        result.append(Section("Ingest inputs", 2, text, INPUT_COLUMNS, cells, link="ingest.md"))
     if run.quarantine:
         quarantined = tuple((q["stage"], q["reason"], str(q["rows"])) for q in run.quarantine)
         result.append(Section("Quarantined rows", 2, "", ("stage", "reason", "rows"), quarantined))
@@ -490,7 +477,6 @@ def write_run_report(config: PipelineConfig, ds: dt.date) -> RunReport:
     run = build_run_report(
         ds.isoformat(), generated_at, reports, quarantine, sorted(config.imported_vectors), files
     )
-    folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(folder / "run.json", json.dumps(asdict(run), indent=2, default=str) + "\n")
     artifacts.write_text(folder / "run.md", render_markdown(run))
     artifacts.write_text(folder / "run.html", render_html(run))

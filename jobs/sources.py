@@ -325,8 +325,8 @@ def read_table_file(spark: SparkSession, path: Path, multiline: bool = False) ->
         _require_file(path)
         df = spark.read.parquet(str(path)).select("*", F.col("_metadata.file_path").alias("source_file"))
         columns = [name for name in df.columns if name != "source_file"]
-        # A Parquet file's rows are its physical records: counted from the file, per file.
-        per_file = spark.read.parquet(str(path)).groupBy(F.col("_metadata.file_path").alias("source_file")).count()
+        # A Parquet file's rows are its physical records: counted per file, before any row is parsed.
+        per_file = df.groupBy("source_file").count()
         df = df.select(
             *(F.col(f"`{name}`").cast("string").alias(name) for name in columns),
             F.to_json(F.struct(*(F.col(f"`{name}`") for name in columns))).alias("record"),
@@ -524,7 +524,7 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
     rows = files.select(
         stem.alias("item_id"),
         "path",
-        file_sha256("path").alias("content_hash"),
+        file_hashes("path")["hash"].alias("content_hash"),
         F.col("entry").alias("source_file"),
         F.col("entry").alias("record"),
         "malformed",
@@ -537,20 +537,19 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
     return Extra(kind, rows)
 
 
-def sha256_of_file(path: str | None) -> str | None:
-    """Hex sha256 of a file's bytes, read in chunks; None when there is no such file."""
-    if path is None:
-        return None
-    # Only regular files are opened (a FIFO would block the task), and no OSError escapes.
-    return sha256_of_media_file(path)[0]
+_HASHED = StructType([StructField("hash", StringType()), StructField("reason", StringType())])
 
 
-def file_sha256(path_column: str) -> Column:
-    """The sha256 of the file each row names, computed where the row is (streaming, no size limit)."""
+def file_hashes(path_column: str) -> Column:
+    """(hash, reason) of the file each row names, computed where the row is: the sha256 of a regular
+    file's bytes (streamed, no size limit), or why it could not be read (`jobs.media_files`: a FIFO or a
+    folder is never opened, no OSError escapes). Both null for a null path."""
 
     # Built per call: PySpark 4 wants an active session before a pandas UDF exists.
-    @F.pandas_udf("string")
-    def sha256_of_files(paths: pd.Series) -> pd.Series:
-        return paths.map(sha256_of_file)
+    @F.pandas_udf(_HASHED)
+    def hash_files(paths: pd.Series) -> pd.DataFrame:
+        return pd.DataFrame(
+            [sha256_of_media_file(path) for path in paths], columns=["hash", "reason"], dtype=object
+        )
 
-    return sha256_of_files(F.col(path_column))
+    return hash_files(F.col(path_column))

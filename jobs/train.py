@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lease
@@ -64,13 +64,18 @@ class RankingData:
     items: ItemSide
     fusion_version: str
     facts: dict = field(default_factory=dict)
+    # The catalog as of the date (item_id, genres, available_from), computed once: publish's eligibility
+    # and gate read it too.
+    catalog: DataFrame | None = None
 
 
 def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> RankingData:
     """What the lake knew by the end of `ds`, as numpy (`jobs.asof`): interactions up to then, genres of
     the catalog as of `ds`, and the fused vectors fuse wrote for `ds` (`item_vectors` rows of `fused_ds`
     = `ds`), never those of a later date."""
-    catalog = catalog_as_of(spark, config, ds).select("item_id", "genres").localCheckpoint(eager=True)
+    catalog_as_of_ds = catalog_as_of(spark, config, ds).select("item_id", "genres", "available_from")
+    catalog_as_of_ds = catalog_as_of_ds.localCheckpoint(eager=True)
+    catalog = catalog_as_of_ds.select("item_id", "genres")
     # Each pair once, at its latest event, reduced in Spark; the driver receives three int64 columns
     # as Arrow (24 bytes a pair: 0.6 GB for ml-25m), never Python rows.
     interactions = (
@@ -114,7 +119,7 @@ def load_ranking_data(spark: SparkSession, config: PipelineConfig, ds: dt.date) 
         "events up to": end.isoformat(sep=" "),
     }
     log.info("ranking data as of %s: %s", ds, facts)
-    return RankingData(data, items, fusion_versions[-1], facts)
+    return RankingData(data, items, fusion_versions[-1], facts, catalog_as_of_ds)
 
 
 def item_side(data: IndexedData, catalog, vectors) -> ItemSide:
@@ -178,22 +183,20 @@ def current_pointer(config: PipelineConfig) -> Path:
     return config.models_dir / "ranker" / "current.json"
 
 
+# The leases of `ds` and of its training date: two runs of one training week never build or point at the
+# same ranker at once.
+@lease.holding(
+    "train",
+    lambda ds, every_days, **_: [lease.date_key(ds), lease.training_key(training_date(ds, every_days))],
+)
 def run_train(
     spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None, every_days: int = 1
 ) -> TrainReport:
-    """Train (or reuse) the model for `ds` and point at it, holding the leases of `ds` and of its training
-    date: two runs of one training week never build or point at the same ranker at once."""
-    trained_ds = training_date(ds, every_days)
-    with lease.leases(config, [lease.date_key(ds), lease.training_key(trained_ds)], "train"):
-        return _run_train(spark, config, ds, trained_ds, settings, every_days)
-
-
-def _run_train(
-    spark: SparkSession, config: PipelineConfig, ds: dt.date, trained_ds: dt.date, settings, every_days: int
-) -> TrainReport:
+    """Train (or reuse) the model for `ds`'s training date and point `ds` at it."""
     from jobs.ranking.ranker import HybridRanker, RankerSettings, save_ranker
 
     started = time.monotonic()
+    trained_ds = training_date(ds, every_days)
     settings = settings or RankerSettings(inner_holdout="chrono")
     loaded = load_ranking_data(spark, config, trained_ds)
     report = TrainReport(ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts)

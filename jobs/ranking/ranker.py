@@ -845,18 +845,16 @@ def _unflatten(layout: dict, key: str, arrays: dict[str, np.ndarray]) -> object:
 
 
 def _save_servable(value: object, path: Path) -> Path:
-    """`path` (.safetensors) and its .json layout, each written whole, then renamed."""
+    """`path` (.safetensors) and its .json layout, each written whole, then renamed (`jobs.artifacts`;
+    publish writes them into an artifact folder that is itself built aside and renamed whole)."""
     from safetensors.numpy import save_file
+
+    from jobs.artifacts import write_file, write_text
 
     arrays: dict[str, np.ndarray] = {}
     layout = {"format": _SERVING_FORMAT, "root": _flatten(value, "root", arrays)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(arrays, str(temporary))
-    temporary.replace(path)
-    card = path.with_suffix(".json")
-    card.with_name(f".{card.name}.tmp").write_text(json.dumps(layout, indent=1) + "\n")
-    card.with_name(f".{card.name}.tmp").replace(card)
+    write_file(path, lambda temporary: save_file(arrays, str(temporary)))
+    write_text(path.with_suffix(".json"), json.dumps(layout, indent=1) + "\n")
     return path
 
 
