@@ -55,6 +55,15 @@ def spark():
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True)
+def _no_airflow_task_context():
+    """An in-process `dag.test()` leaves its last task's AIRFLOW_CTX_* variables in os.environ; later tests
+    (and the processes they start) would take that run's id for their own (jobs.artifacts.run_id)."""
+    yield
+    for name in [name for name in os.environ if name.startswith("AIRFLOW_CTX_")]:
+        del os.environ[name]
+
+
 @pytest.fixture
 def lake_config(tmp_path):
     """A config whose lake is a fresh folder for this test."""

@@ -1,10 +1,14 @@
-"""Cluster mode: the nightly DAG, pointed at a Spark standalone cluster (infra/cluster.sh) by its
-connection alone, publishes the same lists as local mode does.
+"""The nightly DAG end to end, as a deployment runs it: pointed at a Spark standalone cluster
+(infra/cluster.sh) by its connection alone, it lands every table, report and artifact, publishes the
+same lists as local mode does, and triggers the consumer DAG, which reads that date.
 
 The cluster is real: a master and two one-core workers on 127.0.0.1, started from the pyspark wheel;
 every Spark job of the DAG is an application on it, its Python code running in executors that the
 workers launched. Nothing in the DAG or the jobs changes for it but the `modalrank_spark` connection
 (and a spark-defaults.conf for the executors' memory, as a real cluster's submit host would have).
+
+This is the suite's one full DAG run (the slowest test: nine cold Spark applications); local mode's
+lists come from the same stages run in-process, and `infra/demo.sh` runs the DAG in local mode.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -21,11 +26,22 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, SMALL_DEMO
 
+from jobs import lake
+from jobs.config import load_config
 from jobs.consume import read_date
+from jobs.schemas import (
+    CATALOG,
+    INTERACTIONS,
+    ITEM_VECTORS,
+    METRICS,
+    QUARANTINE,
+    features_table,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.airflow]
 
 NIGHTLY = "modalrank_nightly"
+CONSUMER = "modalrank_consumer_example"
 # One application per Spark task of the nightly DAG, named by the job's own session (jobs/*.py).
 APPLICATIONS = {
     "modalrank-ingest",
@@ -87,10 +103,33 @@ def _master_view(webui_url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def nightly():
+def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[NIGHTLY]
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+def _airflow(*arguments: str) -> None:
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), *arguments], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _queued_for(dag_id: str) -> list:
+    """Asset events waiting to trigger `dag_id`: what the scheduler turns into an asset-triggered run."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [row.asset_id for row in session.query(AssetDagRunQueue).filter_by(target_dag_id=dag_id)]
+
+
+def _asset_event_extras(source_task_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [event.extra for event in session.query(AssetEvent).filter_by(source_task_id=source_task_id)]
 
 
 def _local_mode_lists(spark, demo: Path, lake: Path) -> pd.DataFrame:
@@ -99,7 +138,6 @@ def _local_mode_lists(spark, demo: Path, lake: Path) -> pd.DataFrame:
     run, which would double the test's time. `evaluate` and the run report are left out: publish reads
     nothing they write."""
     from jobs.backfill import BackfillPlan, run_date
-    from jobs.config import load_config
     from jobs.ingest import IngestRequest
 
     config = load_config(lake=str(lake))
@@ -124,8 +162,8 @@ def _local_mode_lists(spark, demo: Path, lake: Path) -> pd.DataFrame:
 
 
 @pytest.mark.spark
-def test_nightly_dag_on_a_standalone_cluster_publishes_what_local_mode_does(
-    nightly, airflow_db, spark, small_demo, spark_cluster, tmp_path, monkeypatch
+def test_nightly_dag_runs_end_to_end_on_a_standalone_cluster_as_local_mode_would(
+    dagbag, airflow_db, spark, small_demo, spark_cluster, tmp_path, monkeypatch
 ):
     master_url = spark_cluster["master_url"]
     webui_url = spark_cluster["webui_url"]
@@ -146,11 +184,14 @@ def test_nightly_dag_on_a_standalone_cluster_publishes_what_local_mode_does(
     spark_conf_dir.mkdir()
     (spark_conf_dir / "spark-defaults.conf").write_text(f"spark.executor.memory {EXECUTOR_MEMORY_MB}m\n")
     monkeypatch.setenv("SPARK_CONF_DIR", str(spark_conf_dir))
-    cluster_lake = tmp_path / "cluster" / "lake"
-    run = nightly.test(
+    # As a scheduler would have them: both DAGs serialized, the consumer unpaused and waiting.
+    _airflow("dags", "reserialize")
+    _airflow("dags", "unpause", CONSUMER)
+    config = load_config(lake=str(tmp_path / "cluster" / "lake"))
+    run = dagbag.dags[NIGHTLY].test(
         logical_date=dt.datetime.combine(SMALL_DEMO.end_date, dt.time(), tzinfo=dt.UTC),
         run_conf={
-            "lake": str(cluster_lake),
+            "lake": config.lake,
             "catalog": str(small_demo / "catalog.csv"),
             "interactions": str(small_demo / "interactions.csv"),
             "k": K,
@@ -168,8 +209,58 @@ def test_nightly_dag_on_a_standalone_cluster_publishes_what_local_mode_does(
     assert workers_used == {"worker-1", "worker-2"}
 
     # The same lists, by the same model, for the same date, as in local mode.
-    clustered = read_date(cluster_lake / "recommendations", SMALL_DEMO.end_date)
+    clustered = read_date(Path(config.lake) / "recommendations", SMALL_DEMO.end_date)
     key = ["ds", "user_id", "rank", "item_id", "model_version", "generated_at"]
     assert clustered[key].equals(local[key])
     assert clustered.modalities.map(list).equals(local.modalities.map(list))
     assert np.array_equal(clustered.score.to_numpy(), local.score.to_numpy())
+
+    # Every stage's tables, reports and artifacts.
+    assert lake.read_table(spark, config, CATALOG).count() == SMALL_DEMO.items
+    interactions = lake.read_table(spark, config, INTERACTIONS)
+    assert interactions.count() == sum(1 for _ in (small_demo / "interactions.csv").open()) - 1 - 4
+    assert lake.read_table(spark, config, QUARANTINE).count() == 4
+    reports = config.reports_dir / SMALL_DEMO.end_date.isoformat()
+    assert (reports / "ingest.md").is_file()
+    for modality in ("text", "image", "audio", "video"):
+        features = lake.read_table(spark, config, features_table(modality))
+        assert features.count() == SMALL_DEMO.items
+        assert features.where("status = 'failed'").count() == 0
+        assert (reports / f"extract_{modality}.md").is_file()
+    # The run date's vectors (fuse also writes those of its training date, the Sunday before, for train).
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{SMALL_DEMO.end_date}'")
+    assert vectors.count() == SMALL_DEMO.items
+    assert vectors.select("layout").first()["layout"] == ["audio", "image", "text", "video"]
+    # The ranker's artifact, and an evaluation of it against the baselines on all three protocols.
+    pointer = json.loads((Path(config.lake) / "_models" / "ranker" / "current.json").read_text())
+    artifact = Path(config.lake) / "_models" / "ranker" / pointer["version"]
+    assert (artifact / "ranker.safetensors").is_file() and (artifact / "ranker.json").is_file()
+    metrics = lake.read_table(spark, config, METRICS).where("dataset = 'demo'").toPandas()
+    assert set(metrics.protocol) == {"random_75_25", "chrono_80_20", "item_cold_20"}
+    assert {"ranker", "ease", "als", "item_knn", "popularity"} <= set(
+        metrics[metrics.protocol == "random_75_25"].model
+    )
+    assert {"ranker", "random", "genre", "ranker-only-text", "ranker-without-text"} <= set(
+        metrics[metrics.protocol == "item_cold_20"].model
+    )
+    assert (reports / "evaluate_demo.html").is_file() and (reports / "train.md").is_file()
+    # Published: every eligible user has K items, the run report covers every stage, and the publish
+    # put an Asset event in the consumer DAG's queue; the consumer then reads that date.
+    assert set(clustered.ds) == {SMALL_DEMO.end_date}
+    users = interactions.select("user_id").distinct().count()
+    assert clustered.user_id.nunique() == users and (clustered.groupby("user_id").size() == K).all()
+    run_card = json.loads((reports / "run.json").read_text())
+    assert run_card["complete"], run_card["problems"]
+    assert (reports / "run.html").is_file() and (reports / "publish.md").is_file()
+    assert _queued_for(CONSUMER), "publishing queued no run of the consumer DAG"
+    (extra,) = [e for e in _asset_event_extras("announce_publish") if e.get("lake") == config.lake]
+    assert extra["ds"] == SMALL_DEMO.end_date.isoformat()
+    assert extra["rows"] == len(clustered) and extra["model_version"] == clustered.model_version.iloc[0]
+    # The consumer is not a Spark job: it runs in the Airflow worker, whatever the connection.
+    consumer = dagbag.dags[CONSUMER].test(logical_date=dt.datetime.now(dt.UTC), run_conf={"lake": config.lake})
+    assert consumer.state == "success"
+    digest = pd.read_csv(
+        Path(config.lake) / "_exports" / SMALL_DEMO.end_date.isoformat() / "recommendations_digest.csv"
+    )
+    counts = clustered.groupby("item_id").user_id.nunique()
+    assert dict(zip(digest.item_id, digest.users, strict=True)) == counts.to_dict()
