@@ -44,6 +44,12 @@ from jobs.demo_data import DemoDataConfig, generate_demo_data  # noqa: E402
 SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3)
 
 
+def pytest_collection_modifyitems(items):
+    """The cluster test first: it is the longest by far, so with two test processes (infra/test.sh) it
+    must start at once, beside everything else, not be left for last."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is None)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from jobs.spark import start_spark
