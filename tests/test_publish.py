@@ -347,44 +347,6 @@ def test_without_a_trained_ranker_the_job_says_to_train_first(lake_config):
         run_publish(None, lake_config, DS)
 
 
-@pytest.mark.spark
-def test_a_publish_killed_mid_run_leaves_the_partition_whole_and_a_rerun_completes_it(spark, published):
-    """SIGKILL to the whole job (driver, JVM, Python workers) while it scores: no commit, so readers keep
-    the previous lists; the rerun writes the same lists as before and clears what the dead run left."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    config, _, _ = published
-    before, version = partition(spark, config, DS), table_version(spark, config)
-    serving = config.models_dir / "serving" / DS.isoformat()
-    job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--lake", config.lake, "--k", str(K)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
-    log = []
-    try:
-        for line in job.stdout:  # the driver logs this once the models are saved, right before scoring
-            log.append(line)
-            if "publish: serving artifact" in line:
-                break
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=60)
-    assert any("publish: serving artifact" in line for line in log), "".join(log[-30:])
-    assert job.returncode == -signal.SIGKILL
-    assert serving.is_dir()  # the dead run's leftovers
-    assert table_version(spark, config) == version
-    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
-
-    report = run_publish(spark, config, DS, k=K)
-    assert report.published and table_version(spark, config) == version + 1
-    pd.testing.assert_frame_equal(partition(spark, config, DS), before)
-    assert not serving.exists()
-
-
 # ---------------------------------------------------------------------------------------------------
 # A lake given as a URI, with its models and reports in a folder of their own
 
