@@ -7,8 +7,7 @@ source "$root/infra/env.sh"
 cd "$root"
 .venv/bin/ruff check dags jobs features tests
 # Two processes (MODALRANK_TEST_WORKERS), each with its own SparkSession and Airflow home, a whole test
-# file at a time so that module fixtures (built lakes) are made once, in collection order (the cluster test,
-# the longest, first: tests/conftest.py): a small-data Spark test spends
-# most of its time in one-threaded planning, JVM warm-up and process starts, so two keep both cores busy.
-# The slowest tests at the end of every run: where the suite's time goes, in CI's own log.
+# file at a time so that module fixtures (built lakes) are made once, in collection order (the cluster
+# test, the longest, first: tests/conftest.py). The slowest tests are listed at the end of every run:
+# where the suite's time goes, in CI's own log.
 exec .venv/bin/python -m pytest --numprocesses "${MODALRANK_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=30 "$@"
