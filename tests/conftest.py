@@ -91,13 +91,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def run_airflow(*arguments: str) -> None:
+    """The venv's `airflow` CLI on the tests' Airflow home; fails the test with its output's tail."""
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), *arguments], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def airflow_db():
     """The throwaway Airflow home's metadata database, migrated once per test run."""
-    airflow = Path(sys.executable).parent / "airflow"
-    for command in (["db", "migrate"], ["pools", "set", "modalrank_spark", "1", "modalrank Spark jobs"]):
-        result = subprocess.run([str(airflow), *command], capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_airflow("db", "migrate")
+    run_airflow("pools", "set", "modalrank_spark", "1", "modalrank Spark jobs")
     return Path(os.environ["AIRFLOW_HOME"])
 
 

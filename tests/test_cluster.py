@@ -17,14 +17,13 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SMALL_DEMO
+from conftest import REPO_ROOT, SMALL_DEMO, run_airflow
 
 from jobs import lake
 from jobs.config import load_config
@@ -109,12 +108,6 @@ def dagbag():
     return DagBag(dag_folder=str(REPO_ROOT / "dags"))
 
 
-def _airflow(*arguments: str) -> None:
-    airflow = Path(sys.executable).parent / "airflow"
-    result = subprocess.run([str(airflow), *arguments], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-
 def _queued_for(dag_id: str) -> list:
     """Asset events waiting to trigger `dag_id`: what the scheduler turns into an asset-triggered run."""
     from airflow.models.asset import AssetDagRunQueue
@@ -185,8 +178,8 @@ def test_nightly_dag_runs_end_to_end_on_a_standalone_cluster_as_local_mode_would
     (spark_conf_dir / "spark-defaults.conf").write_text(f"spark.executor.memory {EXECUTOR_MEMORY_MB}m\n")
     monkeypatch.setenv("SPARK_CONF_DIR", str(spark_conf_dir))
     # As a scheduler would have them: both DAGs serialized, the consumer unpaused and waiting.
-    _airflow("dags", "reserialize")
-    _airflow("dags", "unpause", CONSUMER)
+    run_airflow("dags", "reserialize")
+    run_airflow("dags", "unpause", CONSUMER)
     config = load_config(lake=str(tmp_path / "cluster" / "lake"))
     run = dagbag.dags[NIGHTLY].test(
         logical_date=dt.datetime.combine(SMALL_DEMO.end_date, dt.time(), tzinfo=dt.UTC),
@@ -232,8 +225,8 @@ def test_nightly_dag_runs_end_to_end_on_a_standalone_cluster_as_local_mode_would
     assert vectors.count() == SMALL_DEMO.items
     assert vectors.select("layout").first()["layout"] == ["audio", "image", "text", "video"]
     # The ranker's artifact, and an evaluation of it against the baselines on all three protocols.
-    pointer = json.loads((Path(config.lake) / "_models" / "ranker" / "current.json").read_text())
-    artifact = Path(config.lake) / "_models" / "ranker" / pointer["version"]
+    pointer = json.loads((config.models_dir / "ranker" / "current.json").read_text())
+    artifact = config.models_dir / "ranker" / pointer["version"]
     assert (artifact / "ranker.safetensors").is_file() and (artifact / "ranker.json").is_file()
     metrics = lake.read_table(spark, config, METRICS).where("dataset = 'demo'").toPandas()
     assert set(metrics.protocol) == {"random_75_25", "chrono_80_20", "item_cold_20"}
