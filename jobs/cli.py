@@ -23,12 +23,8 @@ log = logging.getLogger("modalrank")
 
 
 def _tooling_on_path() -> bool:
-    """Whether `infra.tools`, the checkout's tooling (demo data, scale data, benchmarks), can be imported.
-
-    The wheel ships jobs/ and features/ only. infra/env.sh puts the checkout on PYTHONPATH; without it
-    (`.venv/bin/modalrank` of an editable install maps only jobs/ and features/) the checkout holding
-    this jobs/ package is added, as `jobs.spark` does for Spark's workers. From a wheel: False.
-    """
+    """Whether `infra.tools` (demo data, scale data, benchmarks; not in the wheel) can be imported. Without
+    infra/env.sh (an editable install maps only jobs/ and features/) the checkout holding jobs/ is added."""
     if importlib.util.find_spec("infra") is None:
         if not (REPO_ROOT / "infra" / "tools").is_dir():
             return False
