@@ -7,6 +7,7 @@ under spark-submit. Errors are one line on stderr and a non-zero exit, never a t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -14,15 +15,27 @@ from pathlib import Path
 from jobs import extract, ingest
 from jobs.arguments import input_path, modality_name, positive_int
 from jobs.backfill import BackfillError
-from jobs.config import add_lake_arguments, add_run_arguments, configure_logging, load_run_config
+from jobs.config import REPO_ROOT, add_lake_arguments, add_run_arguments, configure_logging, load_run_config
 from jobs.sources import SourceError
 from jobs.spark import EXIT_FAIL_WITHOUT_RETRY, FailWithoutRetry, MissingJarsError
 
 log = logging.getLogger("modalrank")
 
 
+def _tooling_on_path() -> bool:
+    """Whether `infra.tools` (demo data, scale data, benchmarks; not in the wheel) can be imported. Without
+    infra/env.sh (an editable install maps only jobs/ and features/) the checkout holding jobs/ is added."""
+    if importlib.util.find_spec("infra") is None:
+        if not (REPO_ROOT / "infra" / "tools").is_dir():
+            return False
+        sys.path.append(str(REPO_ROOT))
+    return importlib.util.find_spec("infra.tools") is not None
+
+
 def _demo_data(args: argparse.Namespace) -> int:
-    from jobs.demo_data import DemoDataConfig, generate_demo_data
+    if not _tooling_on_path():
+        raise FileNotFoundError("demo-data needs a modalrank checkout (infra/tools); the installed package has none")
+    from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 
     overrides = {
         name: value
@@ -132,7 +145,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from jobs import bench
+    from infra.tools import bench
 
     rows = bench.bench_extract(args.datasets, args.modalities)
     print()
@@ -141,7 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_scale(args: argparse.Namespace) -> int:
-    from jobs import bench_scale
+    from infra.tools import bench_scale
 
     runs = bench_scale.bench_scale(args.fractions, args.work, args.k)
     print(
@@ -151,7 +164,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
 
 
 def _bench_als_peer(args: argparse.Namespace) -> int:
-    from jobs import bench_scale
+    from infra.tools import bench_scale
 
     result = bench_scale.als_peer(args.lake, args.ds, args.k, args.out)
     print(f"ALS fit {result['fit_seconds']} s, recommendForAllUsers({args.k}) {result['recommend_seconds']} s")
@@ -159,7 +172,7 @@ def _bench_als_peer(args: argparse.Namespace) -> int:
 
 
 def _bench_serving_probe(args: argparse.Namespace) -> int:
-    from jobs import bench_scale
+    from infra.tools import bench_scale
 
     for fraction in args.fractions:
         result = bench_scale.serving_probe(fraction, args.work, args.blocks)
@@ -168,7 +181,7 @@ def _bench_serving_probe(args: argparse.Namespace) -> int:
 
 
 def _scale_data(args: argparse.Namespace) -> int:
-    from jobs import scale_data
+    from infra.tools import scale_data
 
     summary = scale_data.run_from_args(args)
     print(
@@ -229,6 +242,50 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_tooling_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`scale-data` and `bench ...`; absent, not broken, where there is no checkout (see `_tooling_on_path`)."""
+    if not _tooling_on_path():
+        return
+    from infra.tools import bench_scale, scale_data
+
+    scale = commands.add_parser(
+        "scale-data", help="write ml-25m-shaped synthetic interactions and content (Spark)"
+    )
+    scale_data.add_arguments(scale)
+    scale.set_defaults(handler=_scale_data)
+
+    bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
+    benches = bench_parser.add_subparsers(dest="bench", required=True)
+    bench_extract = benches.add_parser("extract", help="each extractor: Spark job vs a bare in-process loop")
+    bench_extract.add_argument(
+        "--datasets", nargs="+", default=["demo", "ml-latest-small"], choices=["demo", "ml-latest-small"]
+    )
+    bench_extract.add_argument(
+        "--modalities", nargs="+", default=list(extract.MODALITY_INPUTS), choices=list(extract.MODALITY_INPUTS)
+    )
+    bench_extract.set_defaults(handler=_bench)
+    bench_scale_parser = benches.add_parser(
+        "scale", help="ingest → fuse → train → publish on ml-25m-shaped data at growing sizes, vs Spark ALS"
+    )
+    bench_scale.add_arguments(bench_scale_parser)
+    bench_scale_parser.set_defaults(handler=_bench_scale)
+    probe = benches.add_parser(
+        "serving-probe",
+        help="publish's base-model fit and per-block scoring cost on generated data, without Spark",
+    )
+    probe.add_argument("--fractions", nargs="+", type=float, default=[1.0])
+    probe.add_argument("--work", type=Path, default=bench_scale.default_work())
+    probe.add_argument("--blocks", type=int, default=8, help="blocks of 256 users to score (default: %(default)s)")
+    probe.set_defaults(handler=_bench_serving_probe)
+    als_parser = benches.add_parser(
+        "als-peer", help="Spark ALS fit + recommendForAllUsers on a lake (bench scale's peer)"
+    )
+    add_run_arguments(als_parser)
+    als_parser.add_argument("--k", type=int, default=50)
+    als_parser.add_argument("--out", type=Path, required=True, help="JSON file for the timings")
+    als_parser.set_defaults(handler=_bench_als_peer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,44 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--fail-if-incomplete", action="store_true", help="exit 1 when a stage did not report")
     report.set_defaults(handler=_report)
 
-    from jobs import bench_scale, scale_data
-
-    scale = commands.add_parser(
-        "scale-data", help="write ml-25m-shaped synthetic interactions and content (Spark)"
-    )
-    scale_data.add_arguments(scale)
-    scale.set_defaults(handler=_scale_data)
-
-    bench_parser = commands.add_parser("bench", help="benchmarks with a baseline measured in the same run")
-    benches = bench_parser.add_subparsers(dest="bench", required=True)
-    bench_extract = benches.add_parser("extract", help="each extractor: Spark job vs a bare in-process loop")
-    bench_extract.add_argument(
-        "--datasets", nargs="+", default=["demo", "ml-latest-small"], choices=["demo", "ml-latest-small"]
-    )
-    bench_extract.add_argument(
-        "--modalities", nargs="+", default=list(extract.MODALITY_INPUTS), choices=list(extract.MODALITY_INPUTS)
-    )
-    bench_extract.set_defaults(handler=_bench)
-    bench_scale_parser = benches.add_parser(
-        "scale", help="ingest → fuse → train → publish on ml-25m-shaped data at growing sizes, vs Spark ALS"
-    )
-    bench_scale.add_arguments(bench_scale_parser)
-    bench_scale_parser.set_defaults(handler=_bench_scale)
-    probe = benches.add_parser(
-        "serving-probe",
-        help="publish's base-model fit and per-block scoring cost on generated data, without Spark",
-    )
-    probe.add_argument("--fractions", nargs="+", type=float, default=[1.0])
-    probe.add_argument("--work", type=Path, default=bench_scale.default_work())
-    probe.add_argument("--blocks", type=int, default=8, help="blocks of 256 users to score (default: %(default)s)")
-    probe.set_defaults(handler=_bench_serving_probe)
-    als_parser = benches.add_parser(
-        "als-peer", help="Spark ALS fit + recommendForAllUsers on a lake (bench scale's peer)"
-    )
-    add_run_arguments(als_parser)
-    als_parser.add_argument("--k", type=int, default=50)
-    als_parser.add_argument("--out", type=Path, required=True, help="JSON file for the timings")
-    als_parser.set_defaults(handler=_bench_als_peer)
+    _add_tooling_commands(commands)
 
     tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
     add_lake_arguments(tables)

@@ -37,8 +37,8 @@ os.environ.setdefault("AIRFLOW_CONN_MODALRANK_SPARK", '{"conn_type": "spark", "h
 # spark-submit (launched by the DAG's tasks) must come from this venv.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
+from infra.tools.demo_data import DemoDataConfig, generate_demo_data  # noqa: E402
 from jobs.config import load_config  # noqa: E402
-from jobs.demo_data import DemoDataConfig, generate_demo_data  # noqa: E402
 
 # A catalog small enough for Spark tests to stay quick, large enough for every code path.
 SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3)

@@ -15,14 +15,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from jobs.demo_data import (
-    CLUSTER_STYLES,
-    SAMPLE_RATE,
-    VIDEO_SIZE,
-    DemoDataConfig,
-    DemoDataSummary,
-    generate_demo_data,
-)
+from infra.tools.demo_data import DemoDataConfig, DemoDataSummary, generate_demo_data
+from infra.tools.demo_media import SAMPLE_RATE, VIDEO_SIZE
+from infra.tools.demo_styles import CLUSTER_STYLES
 
 SMALL = DemoDataConfig(items=40, users=25, clusters=4, interactions_per_user=12, seed=11)
 FAULT_ROWS = 4

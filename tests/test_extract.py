@@ -13,8 +13,8 @@ import pytest
 from conftest import SMALL_DEMO
 
 from features.registry import extractor_class
+from infra.tools.demo_data import generate_demo_data
 from jobs import lake
-from jobs.demo_data import generate_demo_data
 from jobs.extract import run_extract
 from jobs.import_vectors import run_import
 from jobs.ingest import IngestRequest, run_ingest

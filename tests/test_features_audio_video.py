@@ -23,7 +23,7 @@ from features import audio, video
 from features.audio import AudioExtractor
 from features.base import Extraction
 from features.video import VideoExtractor
-from jobs.demo_data import DemoDataConfig, generate_demo_data
+from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 
 SR = 22_050
 

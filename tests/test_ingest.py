@@ -13,8 +13,8 @@ import deltalake
 import pytest
 from conftest import SMALL_DEMO
 
+from infra.tools.demo_data import generate_demo_data
 from jobs import cli, lake
-from jobs.demo_data import generate_demo_data
 from jobs.ingest import IngestReport, IngestRequest, run_ingest
 from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, QUARANTINE
 

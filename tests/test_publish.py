@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from conftest import ingest_with_taste_vectors
 
+from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 from jobs import lake
-from jobs.demo_data import DemoDataConfig, generate_demo_data
 from jobs.publish import PublishGateError, check_lists, run_publish, user_blocks
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 

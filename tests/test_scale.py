@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 from test_ranking import TINY, no_content, pairs, planted
 
-from jobs.bench_scale import TreeMemory, growth_exponent
+from infra.tools.bench_scale import TreeMemory, growth_exponent
+from infra.tools.scale_data import FIRST_EVENT, LAST_EVENT, VECTOR_DIM, ScaleShape, generate_scale_data
 from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, UserKnnScorer, keep_nearest, most_interacted
 from jobs.ranking.ranker import (
     RankerSettings,
@@ -21,7 +22,6 @@ from jobs.ranking.ranker import (
     sequence_neighbours,
     user_sequences,
 )
-from jobs.scale_data import FIRST_EVENT, LAST_EVENT, VECTOR_DIM, ScaleShape, generate_scale_data
 
 
 def random_pairs(seed: int, n_users: int = 40, n_items: int = 60, per_user: int = 12):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import ingest_with_taste_vectors
 
+from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 from jobs import lake
-from jobs.demo_data import DemoDataConfig, generate_demo_data
 from jobs.evaluate import run_evaluate
 from jobs.fuse import run_fuse
 from jobs.ranking import metrics as ranking_metrics

@@ -1,6 +1,6 @@
 """`modalrank bench scale`: the nightly stages on ml-25m-shaped data at growing sizes, against Spark ALS.
 
-For each fraction of the ml-25m shape (`jobs.scale_data`) it builds a fresh lake and runs, each as its
+For each fraction of the ml-25m shape (`infra.tools.scale_data`) it builds a fresh lake and runs, each as its
 own process exactly as the DAG would (`modalrank <stage>`): generate → ingest → import the content
 vectors → fuse → train → publish (top-K for every user), then the peer: Spark MLlib ALS (implicit, the
 evaluation's settings) fit + `recommendForAllUsers(K)` on the same interactions, in the same run.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from jobs.bench import PeakMemory
-from jobs.scale_data import LAST_EVENT, ScaleShape
+from infra.tools.bench import PeakMemory
+from infra.tools.scale_data import LAST_EVENT, ScaleShape
 
 log = logging.getLogger("modalrank.bench_scale")
 

@@ -115,7 +115,7 @@ def bare_loop(modality: str, inputs: list[bytes | str]) -> float:
 
 def _prepare_lake(dataset: str, work: Path):
     """(config, spark session) for a fresh lake with the dataset's catalog ingested."""
-    from jobs.demo_data import DemoDataConfig, generate_demo_data
+    from infra.tools.demo_data import DemoDataConfig, generate_demo_data
     from jobs.ingest import IngestRequest, run_ingest
     from jobs.spark import start_spark
 
