@@ -3,6 +3,7 @@ table printed to the terminal."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import pandas as pd
@@ -110,8 +111,12 @@ def test_targets_are_marked_met_or_missed(report_text):
 
 def test_strings_from_data_are_escaped(report_text):
     assert "<script>" not in report_text
-    assert "&lt;script&gt;alert(&quot;boo&quot;)&lt;/script&gt; is only text here" in report_text
-    assert "&lt;script&gt;key&lt;/script&gt;" in report_text
+    # Shown as the text it is: escaped in the page, the same string once a browser unescapes it.
+    assert re.findall(r"<li>(.*?)</li>", report_text) == [
+        "&lt;script&gt;alert(&#34;boo&#34;)&lt;/script&gt; is only text here"
+    ]
+    assert [html.unescape(note) for note in re.findall(r"<li>(.*?)</li>", report_text)] == CONTEXT["notes"]
+    assert "<td>&lt;script&gt;key&lt;/script&gt;</td>" in report_text
 
 
 def test_the_modality_ablation_groups_only_all_and_all_minus(tmp_path):
