@@ -161,20 +161,14 @@ def summarise_stage(stage: str, report: dict) -> StageSummary:
         summary.counts |= {f"items_with_{m}": _number(n) for m, n in (get("items_by_modality") or {}).items()}
         summary.detail = f"fusion {get('fusion_version', '?')} ({get('projections', '?')} projections)"
     elif stage == "train":
-        facts = get("facts") or {}
         summary.work_seconds, summary.work = get("training_seconds"), "training"
-        summary.counts = {
-            "training_pairs": _number(facts.get("interactions (unique user-item pairs)")),
-            "training_users": _number(facts.get("users")),
-            "training_items": _number(facts.get("items")),
-            "epochs": len(get("epochs") or []),
-        }
+        summary.counts = {key: _number(get(key)) for key in ("training_pairs", "training_users", "training_items")}
+        summary.counts["epochs"] = len(get("epochs") or [])
         reused = "reused" if get("reused") else "trained"
         summary.detail = f"{reused} {get('version', '?')} on data up to {get('trained_ds') or get('ds')}"
     elif stage.startswith("evaluate_"):
-        facts, targets = get("facts") or {}, get("targets") or []
-        summary.seconds = (get("timings") or {}).get("total")  # its JSON keeps the seconds with the timings
-        summary.counts = {"users": _number(facts.get("users")), "items": _number(facts.get("items"))}
+        targets = get("targets") or []
+        summary.counts = {"users": _number(get("users")), "items": _number(get("items"))}
         protocols = sorted({row.get("protocol") for row in get("metrics") or []})
         summary.detail = f"protocols {', '.join(protocols) or 'none'}"
         if targets:

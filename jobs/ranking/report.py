@@ -278,20 +278,25 @@ def _run_rows(metrics: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame
     return rows
 
 
+def evaluation_page(metrics: pd.DataFrame, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What `templates/evaluate.html` shows: the page's tables and charts; arguments as in
+    write_evaluation_report."""
+    rows = _run_rows(metrics, context)
+    return {
+        "dataset": context["dataset"],
+        "ds": context["ds"],
+        "facts": _facts_table(context.get("summary") or {}),
+        "timings": _timings_table(context.get("timings") or {}),
+        "targets": _targets_table(context.get("targets") or []),
+        "notes": context.get("notes") or [],
+        "protocols": [_protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())],
+        "ablation": _ablation_section(rows),
+    }
+
+
 def render_evaluation_report(metrics: pd.DataFrame, context: Mapping[str, Any]) -> str:
     """The report's HTML text; see write_evaluation_report."""
-    rows = _run_rows(metrics, context)
-    return render(
-        "evaluate.html",
-        dataset=context["dataset"],
-        ds=context["ds"],
-        facts=_facts_table(context.get("summary") or {}),
-        timings=_timings_table(context.get("timings") or {}),
-        targets=_targets_table(context.get("targets") or []),
-        notes=context.get("notes") or [],
-        protocols=[_protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())],
-        ablation=_ablation_section(rows),
-    )
+    return render("evaluate.html", **evaluation_page(metrics, context))
 
 
 def write_evaluation_report(path: Path, metrics: pd.DataFrame, context: dict) -> Path:
