@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from jobs.config import PipelineConfig
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("jobs.reports", "templates"),
+    loader=jinja2.PackageLoader(__name__, "templates"),  # this package, whatever it is installed as
     autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
     # A misspelt field is an error, never an empty cell.
     undefined=jinja2.StrictUndefined,
