@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from jobs import artifacts, lake, lease
+from jobs import lake, lease
 from jobs.arguments import DATASET, dataset_label
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranking.baselines import (
@@ -42,6 +40,7 @@ from jobs.ranking.baselines import (
 )
 from jobs.ranking.data import CHRONO, ITEM_COLD, PROTOCOLS, RANDOM, Split, make_split
 from jobs.ranking.harness import KS, ModelResult, evaluate_model
+from jobs.reports import Report, write_report
 from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, METRICS
 from jobs.spark import job_main, spark_session
 from jobs.train import RankingData, load_ranking_data
@@ -56,15 +55,50 @@ WARM_TARGETS = {RANDOM: 1.05, CHRONO: 1.15}
 
 
 @dataclass
-class EvaluateReport:
+class EvaluateReport(Report):
+    """`evaluate_<dataset>.json` (these fields), `.md` (templates/evaluate.md) and `.html` (the page of
+    `jobs.ranking.report`) in the date's report folder."""
+
+    template = "evaluate"
+    formats = ("md", "html")
+    sort_json_keys = False
+
     ds: str
     dataset: str
     facts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     targets: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    tables: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)  # this run's METRICS rows, `ds` as text
+    # The evaluated data's size, by field for machines (the run report); `facts` shows it to people.
+    users: int = 0
+    items: int = 0
     seconds: float = 0.0
+
+    @property
+    def tables(self) -> dict[str, str]:
+        """Per protocol, the padded Markdown table of its numbers (also printed to the terminal)."""
+        from jobs.ranking.report import format_metrics_table
+
+        if not self.metrics:
+            return {}
+        metrics = pd.DataFrame(self.metrics)
+        return {protocol: format_metrics_table(metrics, protocol) for protocol in metrics.protocol.unique()}
+
+    def context(self, fmt: str) -> dict:
+        if fmt != "html":
+            return super().context(fmt)
+        from jobs.ranking.report import evaluation_page
+
+        about = {
+            "ds": self.ds,
+            "dataset": self.dataset,
+            "summary": self.facts,
+            "timings": self.timings,
+            "notes": self.notes,
+            "targets": self.targets,
+        }
+        return evaluation_page(pd.DataFrame(self.metrics), about)
 
 
 def fit_als(spark: SparkSession, split: Split, seed: int) -> FactorScorer:
@@ -210,6 +244,7 @@ def run_evaluate(
     loading = time.monotonic()
     loaded = load_ranking_data(spark, config, ds)
     report.facts = loaded.facts
+    report.users, report.items = int(loaded.data.interactions.n_users), int(loaded.data.interactions.n_items)
     report.timings["load data"] = round(time.monotonic() - loading, 1)
     frames, truth_frames, list_frames = [], [], []
     data = loaded.data
@@ -240,7 +275,8 @@ def run_evaluate(
     report.targets = check_targets(metrics, dataset)
     report.seconds = round(time.monotonic() - started, 1)
     report.timings["total"] = report.seconds
-    write_reports(config, report, metrics)
+    report.metrics = metrics.assign(ds=report.ds).to_dict(orient="records")
+    write_report(config, report.ds, f"evaluate_{dataset}", report)
     return report
 
 
@@ -267,39 +303,6 @@ def write_tables(
         df = spark.createDataFrame(frame.reset_index(drop=True)).withColumns(stamped | extra)
         lake.replace_where(spark, config, spec, df, rows)
         log.info("wrote %d rows to %s for ds=%s dataset=%s", len(frame), spec.name, ds, dataset)
-
-
-def write_reports(config: PipelineConfig, report: EvaluateReport, metrics: pd.DataFrame) -> Path:
-    from jobs.ranking.report import format_metrics_table, write_evaluation_report
-
-    folder = config.reports_dir / report.ds
-    name = f"evaluate_{report.dataset}"
-    report.tables = {protocol: format_metrics_table(metrics, protocol) for protocol in metrics.protocol.unique()}
-    context = {
-        "ds": report.ds,
-        "dataset": report.dataset,
-        "summary": report.facts,
-        "timings": report.timings,
-        "notes": report.notes,
-        "targets": report.targets,
-    }
-    write_evaluation_report(folder / f"{name}.html", metrics.assign(ds=report.ds), context)
-    payload = {
-        "ds": report.ds, "dataset": report.dataset, "facts": report.facts, "timings": report.timings,
-        "targets": report.targets, "notes": report.notes,
-        "metrics": metrics.assign(ds=report.ds).to_dict(orient="records"),
-    }  # fmt: skip
-    artifacts.write_text(folder / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")
-    lines = [f"# Evaluate {report.dataset} — run date {report.ds}", "", f"Took {report.seconds} s.", ""]
-    for protocol, table in report.tables.items():
-        lines += [f"## {protocol}", "", table, ""]
-    lines += ["## Targets", "", "| protocol | target | value | met |", "|---|---|---|---|"]
-    lines += [
-        f"| {t['protocol']} | {t['description']} | {t['value']} | {'yes' if t['met'] else 'NO'} |"
-        for t in report.targets
-    ]
-    artifacts.write_text(folder / f"{name}.md", "\n".join(lines) + "\n")
-    return folder / f"{name}.html"
 
 
 def print_summary(report: EvaluateReport, config: PipelineConfig) -> None:

@@ -50,6 +50,7 @@ from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
 from jobs.ranking.baselines import ItemSide
 from jobs.ranking.data import IndexedData, index_interactions
+from jobs.reports import Report, write_report
 from jobs.schemas import ITEM_VECTORS
 from jobs.spark import job_main, spark_session
 
@@ -149,13 +150,21 @@ def item_side(data: IndexedData, catalog, vectors) -> ItemSide:
 
 
 @dataclass
-class TrainReport:
+class TrainReport(Report):
+    """`train.json` (these fields) and `train.md` (templates/train.md) in the date's report folder."""
+
+    template = "train"
+
     ds: str
     trained_ds: str = ""  # the grid date whose data the network saw (== ds when training daily)
     every_days: int = 1
     reused: bool = False  # the artifact for trained_ds existed: nothing was trained this run
     version: str = ""
     artifact: str = ""
+    # The training data's size, by field for machines (the run report); `facts` shows it to people.
+    training_pairs: int = 0  # unique (user, item) pairs
+    training_users: int = 0
+    training_items: int = 0
     facts: dict = field(default_factory=dict)
     best_epoch: int = 0
     epochs: list = field(default_factory=list)
@@ -199,7 +208,11 @@ def run_train(
     trained_ds = training_date(ds, every_days)
     settings = settings or RankerSettings(inner_holdout="chrono")
     loaded = load_ranking_data(spark, config, trained_ds)
-    report = TrainReport(ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts)
+    pairs = loaded.data.interactions
+    report = TrainReport(
+        ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts, training_pairs=len(pairs),
+        training_users=int(pairs.n_users), training_items=int(pairs.n_items),
+    )  # fmt: skip
     report.version = ranker_version(settings, loaded.fusion_version, trained_ds, loaded.data)
     folder = config.models_dir / "ranker" / report.version
     report.artifact = str(folder)
@@ -233,35 +246,8 @@ def run_train(
         current_pointer(config), pointer, replaces=lambda now: now is None or now.get("ds", "") <= ds.isoformat()
     )
     report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, "train", report)
     return report
-
-
-def write_report(config: PipelineConfig, report: TrainReport) -> Path:
-    folder = config.reports_dir / report.ds
-    artifacts.write_json(folder / "train.json", asdict(report))
-    lines = [
-        f"# Train ranker — run date {report.ds}",
-        "",
-        (
-            f"Reused `{report.version}` (trained on data up to {report.trained_ds}; a model every "
-            f"{report.every_days} days): nothing trained this run, {report.seconds} s."
-            if report.reused
-            else f"Version `{report.version}` in `{report.artifact}`, trained on data up to {report.trained_ds}. "
-            f"Training took {report.training_seconds} s ({report.seconds} s with loading); best epoch "
-            f"{report.best_epoch} of {len(report.epochs)}."
-        ),
-        "",
-        "| fact | value |",
-        "|---|---|",
-        *(f"| {name} | {value} |" for name, value in report.facts.items()),
-        "",
-        "| epoch | loss | validation nDCG@10 | validation cold nDCG@20 |",
-        "|---:|---:|---:|---:|",
-        *(f"| {e['epoch']} | {e['loss']} | {e['val_ndcg@10']} | {e['val_cold_ndcg@20']} |" for e in report.epochs),
-    ]
-    artifacts.write_text(folder / "train.md", "\n".join(lines) + "\n")
-    return folder / "train.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,8 @@ so a template that changes the markup but keeps the content does not break these
 
 from __future__ import annotations
 
+import html
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -190,8 +192,12 @@ def test_targets_are_marked_met_or_missed(page):
 
 def test_strings_from_data_are_escaped(report_text):
     assert "<script>" not in report_text
-    assert "&lt;script&gt;alert(&quot;boo&quot;)&lt;/script&gt; is only text here" in report_text
-    assert "&lt;script&gt;key&lt;/script&gt;" in report_text
+    # Shown as the text it is: escaped in the page, the same string once a browser unescapes it.
+    assert re.findall(r"<li>(.*?)</li>", report_text) == [
+        "&lt;script&gt;alert(&#34;boo&#34;)&lt;/script&gt; is only text here"
+    ]
+    assert [html.unescape(note) for note in re.findall(r"<li>(.*?)</li>", report_text)] == CONTEXT["notes"]
+    assert "<td>&lt;script&gt;key&lt;/script&gt;</td>" in report_text
 
 
 def test_the_modality_ablation_groups_only_all_and_all_minus(tmp_path):

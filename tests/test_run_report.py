@@ -19,6 +19,7 @@ from deltalake import write_deltalake
 
 from jobs import evaluate, extract, fuse, ingest, publish, train
 from jobs.config import load_config
+from jobs.reports import write_report
 from jobs.run_report import NO_REPORT, build_run_report, main, write_run_report
 
 DS = dt.date(2026, 11, 25)
@@ -50,6 +51,7 @@ IMPORTED = extract.ExtractReport(
 )
 TRAIN = train.TrainReport(
     DAY, trained_ds=DAY, version="ranker-0123456789ab", artifact="/lake/_models/ranker/ranker-0123456789ab",
+    training_pairs=168, training_users=20, training_items=40,
     facts={"users": 20, "items": 40, "interactions (unique user-item pairs)": 168, "modalities": "text, image"},
     best_epoch=2,
     epochs=[{"epoch": e, "loss": 0.5, "val_ndcg@10": 0.3, "val_cold_ndcg@20": 0.1} for e in (1, 2, 3)],
@@ -94,7 +96,7 @@ def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
     writers = {
         "ingest": lambda: ingest.write_report(config, INGEST),
         "extract_mmtf_avf": lambda: extract.write_report(config, IMPORTED),
-        "train": lambda: train.write_report(config, TRAIN),
+        "train": lambda: write_report(config, DAY, "train", TRAIN),
         "fuse": lambda: fuse.write_report(config, fuse_report()),
         "publish": lambda: publish.write_report(config, publish_report(checks)),
     }
@@ -116,9 +118,10 @@ def write_evaluation(config, dataset: str) -> None:
     target = {"protocol": "random_75_25", "description": "ranker / EASE ≥ 1.05", "value": 1.1, "target": 1.05}
     report = evaluate.EvaluateReport(
         DAY, dataset, facts={"users": 20, "items": 40}, timings={"load data": 2.0, "total": 80.0},
-        targets=[target | {"met": True}], seconds=80.0,
+        targets=[target | {"met": True}], metrics=metrics_frame(dataset).to_dict(orient="records"), users=20,
+        items=40, seconds=80.0,
     )  # fmt: skip
-    evaluate.write_reports(config, report, metrics_frame(dataset))
+    write_report(config, DAY, f"evaluate_{dataset}", report)
 
 
 def fuse_report() -> fuse.FuseReport:

@@ -1,33 +1,29 @@
-"""The evaluation's report: one self-contained HTML file a reader can open anywhere, and a plain-text
+"""The evaluation's report: one self-contained HTML page a reader can open anywhere, and a plain-text
 table of the same numbers for the terminal and the README.
 
-The HTML carries its plots as inline base64 PNGs and its style in a <style> element, so it can be
-mailed or attached to a run without the files around it. It never loads anything from elsewhere,
-and every string that came from data (dataset, model, note, ...) goes through html.escape.
-
-Plots are drawn on matplotlib `Figure` objects rendered by Agg: no pyplot, so no global figure state
-and no display is ever needed. Everything but the PNG bytes is deterministic for the same input.
+This module turns the METRICS rows into the page's parts (tables of cells, bar charts); the template
+`jobs/reports/templates/evaluate.html` lays them out. The page carries its plots as inline PNGs and its
+style inline (`jobs.reports`), so it can be mailed or attached to a run without the files around it; it
+never loads anything from elsewhere, and every string that came from data (dataset, model, note, ...)
+is escaped by the template. Everything but the PNG bytes is deterministic for the same input.
 
 Nothing here reads tables or starts Spark: the caller hands over the METRICS rows as a DataFrame.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from jobs.artifacts import write_text
 from jobs.ranking.metrics import METRIC_NAMES
+from jobs.reports import Cell, Table, render
+from jobs.reports.charts import bar_chart
 
 METRICS_COLUMNS = ("dataset", "protocol", "model", "metric", "k", "value", "users")
 # Protocols in the order a reader meets them (jobs.ranking.data's names); others follow, sorted.
@@ -140,29 +136,7 @@ def format_metrics_table(metrics: pd.DataFrame, protocol: str, columns: Sequence
     return "\n".join([line(header), rule, *(line(cells) for cells in body)]) + "\n"
 
 
-# --- HTML -------------------------------------------------------------------------------------------
-
-HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { margin-bottom: 0.2em; }
-table { border-collapse: collapse; margin: 0.8em 0 1.4em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; }
-th { background: #f2f2f2; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-td.met { color: #1a7f37; font-weight: bold; text-align: center; }
-td.missed { color: #c62828; font-weight: bold; text-align: center; }
-.muted { color: #666; }
-img { max-width: 100%; }
-"""
-
-
-def escape_html(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _plot_text(text: str) -> str:
-    # matplotlib reads $...$ as mathematics; a model name is plain text.
-    return text.replace("$", r"\$")
+# --- HTML: the page's parts as tables and charts; templates/evaluate.html lays them out -------------
 
 
 def _format_fact(value: Any) -> str:
@@ -175,67 +149,19 @@ def _format_fact(value: Any) -> str:
     return str(value)
 
 
-def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None) -> str:
-    """Cells are HTML already (escaped by the caller); header cells are escaped here."""
-    parts = ["<table>"]
-    if caption:
-        parts.append(f"<caption>{escape_html(caption)}</caption>")
-    parts.append("<tr>" + "".join(f"<th>{escape_html(cell)}</th>" for cell in header) + "</tr>")
-    parts.extend("<tr>" + "".join(row) + "</tr>" for row in rows)
-    parts.append("</table>")
-    return "\n".join(parts)
+def _facts_table(summary: Mapping[str, Any]) -> Table | None:
+    if not summary:
+        return None
+    return Table.of(["fact", "value"], ([name, Cell(_format_fact(v), "number")] for name, v in summary.items()))
 
 
-def png_img(figure: Figure, alt: str) -> str:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    # No "Software" chunk: the PNG does not change with the matplotlib patch release.
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{escape_html(alt)}">'
-
-
-def _bar_chart(
-    labels: Sequence[str], values: Sequence[float], title: str, colours: Sequence[str] | None = None
-) -> Figure:
-    """Horizontal bars, the first label at the top, each bar's value written at its end."""
-    figure = Figure(figsize=(7.5, 0.38 * len(labels) + 1.2))
-    axes = figure.add_subplot()
-    positions = list(range(len(labels)))
-    axes.barh(positions, values, color=colours or "#4c72b0")
-    axes.set_yticks(positions, labels=[_plot_text(label) for label in labels])
-    axes.invert_yaxis()
-    axes.set_title(_plot_text(title))
-    top = max(values, default=0.0)
-    axes.set_xlim(0, top * 1.18 if top > 0 else 1)
-    for position, value in zip(positions, values, strict=True):
-        axes.text(value, position, f" {value:.4f}", va="center", fontsize=8)
-    axes.spines[["top", "right"]].set_visible(False)
-    return figure
-
-
-def _header_section(context: Mapping[str, Any]) -> str:
-    dataset, ds = context["dataset"], context["ds"]
-    parts = [
-        f"<h1>modalrank evaluation: {escape_html(dataset)}</h1>",
-        f'<p class="muted">Dataset <b>{escape_html(dataset)}</b>, run date <b>{escape_html(ds)}</b>.</p>',
-    ]
-    summary = context.get("summary") or {}
-    if summary:
-        rows = (
-            [f"<td>{escape_html(name)}</td>", f'<td class="number">{escape_html(_format_fact(v))}</td>']
-            for name, v in summary.items()
-        )
-        parts += ["<h2>Dataset</h2>", html_table(["fact", "value"], rows)]
-    timings = context.get("timings") or {}
-    if timings:
-        seconds = {stage: float(value) for stage, value in timings.items()}
-        rows = [
-            [f"<td>{escape_html(stage)}</td>", f'<td class="number">{s:,.2f}</td>'] for stage, s in seconds.items()
-        ]
-        rows.append(["<td><b>total</b></td>", f'<td class="number"><b>{sum(seconds.values()):,.2f}</b></td>'])
-        parts += ["<h2>Timings</h2>", html_table(["stage", "seconds"], rows)]
-    return "\n".join(parts)
+def _timings_table(timings: Mapping[str, Any]) -> Table | None:
+    if not timings:
+        return None
+    seconds = {stage: float(value) for stage, value in timings.items()}
+    rows: list[list[Cell | str]] = [[stage, Cell(f"{s:,.2f}", "number")] for stage, s in seconds.items()]
+    rows.append([Cell("total", emphasis="b"), Cell(f"{sum(seconds.values()):,.2f}", "number", "b")])
+    return Table.of(["stage", "seconds"], rows)
 
 
 def _format_target_number(value: Any) -> str:
@@ -244,59 +170,48 @@ def _format_target_number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else _format_fact(value)
 
 
-def _targets_section(targets: Sequence[Mapping[str, Any]]) -> str:
+def _targets_table(targets: Sequence[Mapping[str, Any]]) -> Table | None:
     if not targets:
-        return ""
-    rows = []
-    for target in targets:
-        met = bool(target.get("met"))
-        value, goal = target.get("value"), target.get("target")
-        rows.append(
-            [
-                f"<td>{escape_html(target.get('protocol', ''))}</td>",
-                f"<td>{escape_html(target.get('description', ''))}</td>",
-                f'<td class="number">{escape_html(_format_target_number(value))}</td>',
-                f'<td class="number">{escape_html(_format_target_number(goal))}</td>',
-                '<td class="met">✓</td>' if met else '<td class="missed">✗</td>',
-            ]
+        return None
+    rows = (
+        (
+            Cell(str(target.get("protocol", ""))),
+            Cell(str(target.get("description", ""))),
+            Cell(_format_target_number(target.get("value")), "number"),
+            Cell(_format_target_number(target.get("target")), "number"),
+            Cell("✓", "met") if target.get("met") else Cell("✗", "missed"),
         )
-    return "<h2>Targets</h2>\n" + html_table(["protocol", "description", "value", "target", "met"], rows)
+        for target in targets
+    )
+    return Table.of(["protocol", "description", "value", "target", "met"], rows)
 
 
-def _notes_section(notes: Sequence[str]) -> str:
-    if not notes:
-        return ""
-    return "<h2>Notes</h2>\n<ul>\n" + "\n".join(f"<li>{escape_html(note)}</li>" for note in notes) + "\n</ul>"
-
-
-def _protocol_section(metrics: pd.DataFrame, protocol: str) -> str:
+def _protocol_section(metrics: pd.DataFrame, protocol: str) -> dict[str, Any]:
+    """One protocol's table (the best value of each column in bold) and its nDCG chart."""
     table = protocol_table(metrics, protocol)
     users = sorted(set(int(u) for u in metrics.loc[metrics["protocol"] == protocol, "users"]))
-    description = PROTOCOL_DESCRIPTIONS.get(protocol)
-    parts = [f'<h2 id="protocol-{escape_html(protocol)}">{escape_html(protocol)}</h2>']
-    intro = (
-        f"{escape_html(description)}. " if description else ""
-    ) + f"Users evaluated: {escape_html(', '.join(map(str, users)))}."
-    parts.append(f'<p class="muted">{intro}</p>')
-
     best = table.max(axis=0, skipna=True)
     rows = []
     for model, row in table.iterrows():
-        cells = [f"<td>{escape_html(model)}</td>"]
+        cells = [Cell(str(model))]
         for column in table.columns:
-            text = escape_html(_format_value(row[column]))
             is_best = not math.isnan(row[column]) and row[column] == best[column]
-            cells.append(f'<td class="number">{f"<strong>{text}</strong>" if is_best else text}</td>')
+            cells.append(Cell(_format_value(row[column]), "number", "strong" if is_best else ""))
         rows.append(cells)
-    parts.append(html_table(["model", *table.columns], rows))
-
+    chart = None
     chart_column = next((column for column in ("ndcg@10", "ndcg@20") if column in table.columns), None)
     if chart_column:
         plotted = table[chart_column].dropna()
         title = f"{chart_column.replace('ndcg', 'nDCG')}: {protocol}"
-        figure = _bar_chart([str(model) for model in plotted.index], plotted.tolist(), title)
-        parts.append(png_img(figure, f"{chart_column} per model, {protocol}"))
-    return "\n".join(parts)
+        alt = f"{chart_column} per model, {protocol}"
+        chart = bar_chart([str(model) for model in plotted.index], plotted.tolist(), title, alt)
+    return {
+        "protocol": protocol,
+        "description": PROTOCOL_DESCRIPTIONS.get(protocol),
+        "users": ", ".join(map(str, users)),
+        "table": Table.of(["model", *table.columns], rows),
+        "chart": chart,
+    }
 
 
 def _modality_key(modality: str) -> tuple[int, str]:
@@ -330,34 +245,24 @@ def ablation_rows(metrics: pd.DataFrame) -> list[tuple[str, str, str, float]]:
     return [(group, label, model, float(values[model])) for group, label, model in chosen]
 
 
-def _ablation_section(metrics: pd.DataFrame) -> str:
+def _ablation_section(metrics: pd.DataFrame) -> dict[str, Any]:
     rows = ablation_rows(metrics)
-    heading = f"<h2>Modality ablation ({escape_html(ABLATION_PROTOCOL)}, {escape_html(ABLATION_COLUMN)})</h2>"
-    if not rows:
-        nothing = f"No {ONLY_PREFIX}* or {WITHOUT_PREFIX}* models were evaluated."
-        return f'{heading}\n<p class="muted">{escape_html(nothing)}</p>'
-    explanation = (
-        '<p class="muted">On items no model saw in training, only content can rank: "only X" ranks with one '
-        'modality, "all minus X" with all but X, "all" is the full ranker.</p>'
-    )
-    figure = _bar_chart(
-        [label for _, label, _, _ in rows],
-        [value for *_, value in rows],
-        f"{ABLATION_COLUMN}: {ABLATION_PROTOCOL}",
-        colours=[GROUP_COLOURS[group] for group, *_ in rows],
-    )
-    table = html_table(
-        ["group", "model", ABLATION_COLUMN],
-        (
-            [
-                f"<td>{escape_html(group)}</td>",
-                f"<td>{escape_html(model)}</td>",
-                f'<td class="number">{value:.4f}</td>',
-            ]
-            for group, _, model, value in rows
-        ),
-    )
-    return "\n".join([heading, explanation, png_img(figure, "modality ablation"), table])
+    section: dict[str, Any] = {"protocol": ABLATION_PROTOCOL, "column": ABLATION_COLUMN, "table": None, "chart": None}
+    if rows:
+        section["chart"] = bar_chart(
+            [label for _, label, _, _ in rows],
+            [value for *_, value in rows],
+            f"{ABLATION_COLUMN}: {ABLATION_PROTOCOL}",
+            "modality ablation",
+            colours=[GROUP_COLOURS[group] for group, *_ in rows],
+        )
+        section["table"] = Table.of(
+            ["group", "model", ABLATION_COLUMN],
+            ((group, model, Cell(f"{value:.4f}", "number")) for group, _, model, value in rows),
+        )
+    else:
+        section["nothing"] = f"No {ONLY_PREFIX}* or {WITHOUT_PREFIX}* models were evaluated."
+    return section
 
 
 def _run_rows(metrics: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
@@ -373,23 +278,25 @@ def _run_rows(metrics: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame
     return rows
 
 
+def evaluation_page(metrics: pd.DataFrame, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What `templates/evaluate.html` shows: the page's tables and charts; arguments as in
+    write_evaluation_report."""
+    rows = _run_rows(metrics, context)
+    return {
+        "dataset": context["dataset"],
+        "ds": context["ds"],
+        "facts": _facts_table(context.get("summary") or {}),
+        "timings": _timings_table(context.get("timings") or {}),
+        "targets": _targets_table(context.get("targets") or []),
+        "notes": context.get("notes") or [],
+        "protocols": [_protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())],
+        "ablation": _ablation_section(rows),
+    }
+
+
 def render_evaluation_report(metrics: pd.DataFrame, context: Mapping[str, Any]) -> str:
     """The report's HTML text; see write_evaluation_report."""
-    rows = _run_rows(metrics, context)
-    title = f"modalrank evaluation: {context['dataset']} {context['ds']}"
-    sections = [
-        _header_section(context),
-        _targets_section(context.get("targets") or []),
-        _notes_section(context.get("notes") or []),
-        *(_protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())),
-        _ablation_section(rows),
-    ]
-    body = "\n".join(section for section in sections if section)
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape_html(title)}</title>\n'
-        f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+    return render("evaluate.html", **evaluation_page(metrics, context))
 
 
 def write_evaluation_report(path: Path, metrics: pd.DataFrame, context: dict) -> Path:
