@@ -14,13 +14,9 @@ from test_ranking import TINY, no_content, pairs, planted
 
 from jobs.bench_scale import TreeMemory, growth_exponent
 from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, UserKnnScorer, keep_nearest, most_interacted
-from jobs.ranking.ranker import (
-    RankerSettings,
-    build_training_set,
-    keep_strongest_per_row,
-    sequence_neighbours,
-    user_sequences,
-)
+from jobs.ranking.candidates import keep_strongest_per_row, sequence_neighbours, user_sequences
+from jobs.ranking.ranker import RankerSettings
+from jobs.ranking.training import build_training_set
 from jobs.scale_data import FIRST_EVENT, LAST_EVENT, VECTOR_DIM, ScaleShape, generate_scale_data
 
 
