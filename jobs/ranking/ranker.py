@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jobs.ranking.baselines import ItemSide, normalised_rows
+from jobs.ranking.baselines import ItemSide, fitted, normalised_rows
 from jobs.ranking.candidates import BaseModels, Candidates, TopK, candidates_and_features, fit_base_models
 from jobs.ranking.data import Interactions
 from jobs.ranking.features import feature_names
@@ -114,12 +114,12 @@ class HybridRanker:
     @property
     def modalities(self) -> list[str]:
         chosen = self.settings.modalities
-        return list(chosen) if chosen is not None else self.items.modalities
+        return list(chosen) if chosen is not None else fitted(self.items, self).modalities
 
     @property
     def feature_names(self) -> list[str]:
-        names = feature_names(self.items.modalities)
-        return [names[i] for i in self.columns]
+        names = feature_names(fitted(self.items, self).modalities)
+        return [names[i] for i in fitted(self.columns, self)]
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -153,16 +153,16 @@ class HybridRanker:
 
     def _candidate_scores(self, users: np.ndarray, allowed: np.ndarray | None) -> tuple[Candidates, np.ndarray]:
         """The block's candidates and the network's score for each."""
-        base, items = self.base, self.items
+        base, items, net = fitted(self.base, self), fitted(self.items, self), fitted(self.net, self)
         allowed = np.ones(base.train.n_items, dtype=bool) if allowed is None else allowed
         genre_rows = normalised_rows(items.genres.toarray().astype(np.float32))
         found = candidates_and_features(
             base, items, genre_rows, items.modalities, self.settings, users, allowed,
             all_allowed=allowed.sum() <= SCORE_EVERY_ALLOWED_BELOW,
         )  # fmt: skip
-        features = found.features[:, self.columns]
+        features = found.features[:, fitted(self.columns, self)]
         with torch.no_grad():
-            pair_scores = self.net(torch.from_numpy((features - self.mean) / self.std)).numpy()
+            pair_scores = net(torch.from_numpy((features - self.mean) / self.std)).numpy()
         if not np.isfinite(pair_scores).all() or (
             len(pair_scores) and pair_scores.min() <= self.non_candidate_scores().max()
         ):
@@ -171,7 +171,7 @@ class HybridRanker:
 
     def non_candidate_scores(self) -> np.ndarray:
         """Every item's score when it is not a candidate: below every candidate, in popularity order."""
-        return (NON_CANDIDATE_OFFSET + np.log1p(self.base.item_counts)).astype(np.float32)
+        return (NON_CANDIDATE_OFFSET + np.log1p(fitted(self.base, self).item_counts)).astype(np.float32)
 
     def score(self, users: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
         """Scores for every item; items outside the candidate set rank after every candidate.
@@ -180,7 +180,8 @@ class HybridRanker:
         cold items of the cold-start protocol) every allowed item is a candidate.
         """
         found, pair_scores = self._candidate_scores(users, allowed)
-        scores = np.broadcast_to(self.non_candidate_scores(), (len(users), self.base.train.n_items)).copy()
+        n_items = fitted(self.base, self).train.n_items
+        scores = np.broadcast_to(self.non_candidate_scores(), (len(users), n_items)).copy()
         scores[rows_in_block(users, found.users), found.items] = pair_scores
         return scores
 
@@ -219,13 +220,13 @@ class HybridRanker:
     ) -> list[np.ndarray]:  # fmt: skip
         """For the block rows `short`, which have `counts` < k candidates (`row`, `item`): their best
         non-candidate eligible items, as [rows, items, scores, ranks] (0-based, after the candidates)."""
-        fallback = self.non_candidate_scores()
+        seen, fallback = fitted(self.base, self).seen, self.non_candidate_scores()
         by_fallback = np.lexsort((np.arange(len(fallback)), -fallback))  # best first, ties: lower index
         by_fallback = by_fallback[allowed[by_fallback]]
         rows, items, scores, ranks = [], [], [], []
         for r in short:
             taken = np.zeros(len(fallback), dtype=bool)
-            taken[self.base.seen[users[r]].indices] = True
+            taken[seen[users[r]].indices] = True
             taken[item[row == r]] = True
             extra = by_fallback[~taken[by_fallback]][: k - counts[r]]
             rows.append(np.full(len(extra), r, dtype=np.int64))

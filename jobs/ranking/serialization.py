@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, ItemSide, UserKnnScorer
+from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, ItemSide, UserKnnScorer, fitted
 from jobs.ranking.candidates import BaseModels
 from jobs.ranking.data import Interactions
 from jobs.ranking.ranker import HybridRanker, RankerSettings
@@ -30,16 +32,17 @@ def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict, crash_prefix
 
     from jobs.artifacts import build_artifact
 
-    tensors = {f"net.{name}": value.contiguous() for name, value in ranker.net.state_dict().items()}
+    net = fitted(ranker.net, ranker)
+    tensors = {f"net.{name}": value.contiguous() for name, value in net.state_dict().items()}
     tensors |= {
-        "columns": torch.from_numpy(ranker.columns.astype(np.int64)),
-        "feature_mean": torch.from_numpy(ranker.mean),
-        "feature_std": torch.from_numpy(ranker.std),
+        "columns": torch.from_numpy(fitted(ranker.columns, ranker).astype(np.int64)),
+        "feature_mean": torch.from_numpy(fitted(ranker.mean, ranker)),
+        "feature_std": torch.from_numpy(fitted(ranker.std, ranker)),
     }
     description = {
         "name": ranker.name,
         "settings": dataclasses.asdict(ranker.settings),
-        "all_modalities": ranker.items.modalities,
+        "all_modalities": fitted(ranker.items, ranker).modalities,
         "feature_names": ranker.feature_names,
         "training": dataclasses.asdict(ranker.log),
     } | metadata
@@ -52,8 +55,9 @@ def save_ranker(ranker: HybridRanker, folder: Path, metadata: dict, crash_prefix
     return build_artifact(folder, write, meta, crash_prefix=crash_prefix)
 
 
-def load_ranker(folder: Path, items: ItemSide, base: BaseModels) -> HybridRanker:
-    """A saved ranker, ready to score against `base` (refit from the lake for the date being served)."""
+def load_ranker(folder: Path, items: ItemSide, base: BaseModels | None) -> HybridRanker:
+    """A saved ranker, ready to score against `base` (refit from the lake for the date being served; None:
+    only its settings and network are wanted, e.g. to check its modalities before fitting the base)."""
     from safetensors.torch import load_file
 
     description = json.loads((folder / "ranker.json").read_text())
@@ -84,7 +88,7 @@ def load_ranker(folder: Path, items: ItemSide, base: BaseModels) -> HybridRanker
 # with the shape in the JSON. The layout walks the dataclasses' fields, so a field added to
 # `BaseModels` is saved without touching this code (arrays, CSR matrices, dicts and scalars only).
 
-_SERVABLE_CLASSES = {
+_SERVABLE_CLASSES: dict[str, Callable[..., object]] = {
     cls.__name__: cls for cls in (BaseModels, Interactions, EaseScorer, ItemKnnScorer, UserKnnScorer, ItemSide)
 }
 _SERVING_FORMAT = 1
@@ -150,7 +154,10 @@ def _save_servable(value: object, path: Path) -> Path:
     return path
 
 
-def _load_servable(path: Path, expected: type) -> object:
+Servable = TypeVar("Servable")
+
+
+def _load_servable(path: Path, expected: type[Servable]) -> Servable:
     from safetensors.numpy import load_file
 
     layout = json.loads(path.with_suffix(".json").read_text())

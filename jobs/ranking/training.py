@@ -98,13 +98,13 @@ class TrainingSet:
 
 def build_training_set(train: Interactions, items: ItemSide, settings: RankerSettings) -> TrainingSet:
     rng = np.random.default_rng(settings.seed)
-    features, labels, groups = [], [], []
+    feature_blocks, labels, groups = [], [], []
     for fold in range(settings.inner_folds):
         fold_features, fold_labels, fold_users = _inner_fold(train, items, settings, fold, rng)
-        features.append(fold_features)
+        feature_blocks.append(fold_features)
         labels.append(fold_labels)
         groups.append(fold * train.n_users + fold_users)  # a user in each fold is a list of its own
-    features = np.concatenate(features)
+    features = np.concatenate(feature_blocks)
     cold = features[:, feature_names(items.modalities).index("cold")] > 0
     return TrainingSet(features, np.concatenate(labels), np.concatenate(groups), cold, items.modalities)
 
@@ -197,7 +197,8 @@ def train_network(
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     order = np.argsort(groups, kind="stable")
     bounds = np.searchsorted(groups[order], np.arange(n_users + 1))
-    best, best_state, since_best = -1.0, None, 0
+    best, since_best = -1.0, 0
+    best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(settings.epochs):
         net.train()
         total, batches = 0.0, 0
@@ -242,6 +243,8 @@ def train_network(
             if since_best >= settings.patience:
                 log.info("ranker %s: no better for %d epochs, stopping", ranker_name, settings.patience)
                 break
+    if best_state is None:  # a finite criterion is >= 0, so the first epoch always beats -1
+        raise ValueError(f"training kept no weights: {settings.epochs} epochs, or every validation nDCG was NaN")
     net.load_state_dict(best_state)
     net.eval()
     return net
