@@ -100,7 +100,7 @@ class DecodedAudio:
     duration: float  # seconds, the whole file
 
 
-class AudioExtractor(Extractor):
+class AudioExtractor(Extractor[DecodedAudio]):
     """librosa summary statistics of a clip's first minute; see the module docstring for the layout."""
 
     modality = "audio"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -31,11 +32,20 @@ class Extraction:
         return cls(vector=None, error=reason)
 
 
-class Extractor(ABC):
+def in_input_order(results: dict[int, Extraction], n_inputs: int) -> list[Extraction]:
+    """Results keyed by input position, as the list of inputs 0 … n_inputs - 1 (each must have one)."""
+    return [results[position] for position in range(n_inputs)]
+
+
+Decoded = TypeVar("Decoded")
+
+
+class Extractor(ABC, Generic[Decoded]):
     """A pretrained model or signal-processing recipe turning one modality into vectors.
 
     `version` must change whenever the same input would give a different vector (new weights, new
     preprocessing, new layout): the pipeline re-extracts every item whose stored version differs.
+    `Decoded` is what `decode` hands `extract_decoded`, for extractors split into those two halves.
     """
 
     modality: str
@@ -43,7 +53,9 @@ class Extractor(ABC):
     version: str
     dim: int
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        # `device`: where the model runs (None: the extractor's default). Every extractor takes it, so
+        # `features.registry` builds them alike; each subclass resolves it for its own model.
         # Model forward passes run so far, counted per input: proves a no-change rerun ran none.
         self.inferences = 0
 
@@ -51,26 +63,26 @@ class Extractor(ABC):
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
         """One result per input, in order."""
 
-    def decode(self, data: object) -> object:
+    def decode(self, data: object) -> Decoded | Extraction:
         """Everything the extractor does to an untrusted input before its model: parse and decode the
         bytes into arrays (or return a failed `Extraction`). Media extractors override it together with
         `extract_decoded`, so the pipeline can run this half in a sandboxed process (`jobs.decode_sandbox`)
         and the model half in the worker; the result must pickle."""
         raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
 
-    def extract_decoded(self, decoded: Sequence[object]) -> list[Extraction]:
+    def extract_decoded(self, decoded: Sequence[Decoded]) -> list[Extraction]:
         """One result per output of `decode` that was not a failure, in order."""
         raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
 
     def decode_then_extract(
-        self, inputs: Sequence[object], decode: Callable[[object], object] | None = None
+        self, inputs: Sequence[object], decode: Callable[[object], Decoded | Extraction] | None = None
     ) -> list[Extraction]:
         """`extract_batch` for an extractor split into `decode` and `extract_decoded`: each input decoded
         (by `decode`, default this extractor's own, in this process; the pipeline passes its sandbox's),
         then every decoded one through the model in one call, results in input order."""
         decode = decode or self.decode
-        results: list[Extraction | None] = [None] * len(inputs)
-        decoded = {}
+        results: dict[int, Extraction] = {}
+        decoded: dict[int, Decoded] = {}
         for index, value in enumerate(inputs):
             outcome = decode(value)
             if isinstance(outcome, Extraction):
@@ -79,7 +91,7 @@ class Extractor(ABC):
                 decoded[index] = outcome
         for index, result in zip(decoded, self.extract_decoded(list(decoded.values())), strict=True):
             results[index] = result
-        return results
+        return in_input_order(results, len(inputs))
 
     def _vector(self, values: np.ndarray, meta: dict[str, float] | None = None) -> Extraction:
         vector = np.asarray(values, dtype=np.float32).reshape(-1)

@@ -184,7 +184,7 @@ class Fusion:
             has = np.array([value is not None for value in values], dtype=bool)
             block = np.zeros((n, projection.k), dtype=np.float32)
             if has.any():
-                block[has] = projection.apply(np.stack([values[i] for i in np.flatnonzero(has)]))
+                block[has] = projection.apply(np.stack([value for value in values if value is not None]))
             blocks.append(block)
             present.append(has)
         return fuse_blocks(blocks, present)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from features import models
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, in_input_order
 
 log = logging.getLogger("modalrank.image")
 
@@ -337,7 +337,11 @@ def _model_sized(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-class ImageExtractor(Extractor):
+# What `ImageExtractor.decode` hands the model half: (model-sized image, descriptors, meta).
+DecodedImage = tuple[np.ndarray, np.ndarray, dict[str, float]]
+
+
+class ImageExtractor(Extractor[DecodedImage]):
     """EfficientNet-Lite0 embedding (unit length, [0:1280]) + OpenCV descriptors ([1280:1411]).
 
     Inputs are encoded image bytes (JPEG, PNG, WebP, GIF, BMP, or anything else OpenCV reads). Meta
@@ -372,7 +376,7 @@ class ImageExtractor(Extractor):
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
         return self.decode_then_extract(inputs)
 
-    def decode(self, data: object) -> tuple[np.ndarray, np.ndarray, dict[str, float]] | Extraction:
+    def decode(self, data: object) -> DecodedImage | Extraction:
         """(model-sized image, descriptors, meta) for one input, or its failed result: all the work on
         untrusted bytes, none on the model, so it can run in a sandboxed process."""
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -388,19 +392,17 @@ class ImageExtractor(Extractor):
         meta = {"width": float(image.shape[1]), "height": float(image.shape[0])}
         return _model_sized(image), descriptors, meta
 
-    def extract_decoded(
-        self, decoded: Sequence[tuple[np.ndarray, np.ndarray, dict[str, float]]]
-    ) -> list[Extraction]:
-        results: list[Extraction | None] = [None] * len(decoded)
+    def extract_decoded(self, decoded: Sequence[DecodedImage]) -> list[Extraction]:
+        results: dict[int, Extraction] = {}
         # Images wait for the model in chunks of batch_size, already at model size, to bound memory.
         for start in range(0, len(decoded), self.batch_size):
             pending = [
                 (start + i, *prepared) for i, prepared in enumerate(decoded[start : start + self.batch_size])
             ]
             self._embed(pending, results)
-        return results
+        return in_input_order(results, len(decoded))
 
-    def _embed(self, pending: list, results: list[Extraction | None]) -> None:
+    def _embed(self, pending: list, results: dict[int, Extraction]) -> None:
         embeddings = _normalise_rows(
             models.efficientnet_embed([image for _, image, _, _ in pending], self.device, self.batch_size)
         )

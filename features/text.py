@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from features import models
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, in_input_order
 
 log = logging.getLogger("modalrank.text")
 
@@ -97,7 +98,7 @@ class TextExtractor(Extractor):
         super().__init__()
         self.device = device or models.default_device()
         self.batch_size = max(1, int(batch_size))
-        self._loaded = None
+        self._loaded: tuple[Any, Any, int] | None = None  # (tokenizer, model, max tokens), once loaded
 
     def warm_up(self) -> None:
         """Load the tokenizer and weights now rather than on the first batch."""
@@ -110,7 +111,7 @@ class TextExtractor(Extractor):
         return self._loaded
 
     def extract_batch(self, inputs: Sequence[bytes | str]) -> list[Extraction]:
-        results: list[Extraction | None] = [None] * len(inputs)
+        results: dict[int, Extraction] = {}
         texts, positions = [], []
         for index, value in enumerate(inputs):
             text = _as_text(value)
@@ -122,7 +123,7 @@ class TextExtractor(Extractor):
         if texts:
             for index, result in zip(positions, self._embed(texts), strict=True):
                 results[index] = result
-        return results
+        return in_input_order(results, len(inputs))
 
     def _embed(self, texts: list[str]) -> list[Extraction]:
         tokenizer, model, max_tokens = self._model()
@@ -132,7 +133,7 @@ class TextExtractor(Extractor):
             "input_ids"
         ]
         specials = tokenizer.num_special_tokens_to_add(pair=False)
-        results: list[Extraction | None] = [None] * len(texts)
+        results: dict[int, Extraction] = {}
         sequences, truncated, positions = [], [], []
         for index, ids in enumerate(encoded):
             if len(ids) <= specials:  # e.g. only zero-width or control characters: nothing to read
@@ -153,7 +154,7 @@ class TextExtractor(Extractor):
             for i, vector in zip(chunk, vectors, strict=True):
                 meta = {"tokens": float(len(sequences[i])), "truncated": float(truncated[i])}
                 results[positions[i]] = self._vector(vector, meta)
-        return results
+        return in_input_order(results, len(texts))
 
     @torch.inference_mode()
     def _forward(self, sequences: list[list[int]], pad_id: int, model) -> np.ndarray:

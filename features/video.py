@@ -116,7 +116,7 @@ class ScannedVideo:
     duration: float = 0.0
 
 
-class VideoExtractor(Extractor):
+class VideoExtractor(Extractor[ScannedVideo]):
     """EfficientNet-Lite0 frame embeddings + motion, cut rate, duration and fps; layout in the module doc.
 
     `sample_fps` frames per second of clip are embedded, at most `max_frames`, spread evenly over it.
@@ -345,7 +345,8 @@ def _soften(hist: np.ndarray, axis: int, wrap: bool) -> np.ndarray:
 
 def _flow_magnitude(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """Per-pixel flow magnitudes in analysis-frame diagonals per frame (the caller's fps makes them per s)."""
-    flow = cv2.calcOpticalFlowFarneback(before, after, None, **FARNEBACK)
+    # OpenCV's stubs make the output array `flow` required; None (OpenCV allocates it) is what its API allows.
+    flow = cv2.calcOpticalFlowFarneback(before, after, None, **FARNEBACK)  # type: ignore[call-overload]
     diagonal = math.hypot(before.shape[0], before.shape[1])
     return (np.hypot(flow[..., 0], flow[..., 1]) / diagonal).reshape(-1)
 

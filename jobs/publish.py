@@ -171,7 +171,7 @@ def save_serving_artifact(
     written."""
     from safetensors.numpy import save_file
 
-    from jobs.ranking.ranker import save_base_models, save_item_side
+    from jobs.ranking.serialization import save_base_models, save_item_side
 
     def write(temporary: Path) -> None:
         save_base_models(base, temporary / "base.safetensors")
@@ -256,7 +256,7 @@ def _worker_serving(plan: ServingPlan) -> Served:
     import torch
     from safetensors.numpy import load_file
 
-    from jobs.ranking.ranker import load_base_models, load_item_side, load_ranker
+    from jobs.ranking.serialization import load_base_models, load_item_side, load_ranker
 
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
@@ -618,7 +618,8 @@ def run_publish(
     The report is written whether the gate passes or not; a failed gate raises `PublishGateError`
     after writing it, and the table is left exactly as it was.
     """
-    from jobs.ranking.ranker import fit_base_models, load_ranker
+    from jobs.ranking.candidates import fit_base_models
+    from jobs.ranking.serialization import load_ranker
 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")

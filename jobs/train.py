@@ -202,7 +202,8 @@ def run_train(
     spark: SparkSession, config: PipelineConfig, ds: dt.date, settings=None, every_days: int = 1
 ) -> TrainReport:
     """Train (or reuse) the model for `ds`'s training date and point `ds` at it."""
-    from jobs.ranking.ranker import HybridRanker, RankerSettings, save_ranker
+    from jobs.ranking.ranker import HybridRanker, RankerSettings
+    from jobs.ranking.serialization import save_ranker
 
     started = time.monotonic()
     trained_ds = training_date(ds, every_days)

@@ -61,15 +61,9 @@ def test_base_models_and_item_side_round_trip_through_safetensors(tmp_path):
 
     import scipy.sparse as sp
 
-    from jobs.ranking.ranker import (
-        RankerSettings,
-        candidates_and_features,
-        fit_base_models,
-        load_base_models,
-        load_item_side,
-        save_base_models,
-        save_item_side,
-    )
+    from jobs.ranking.candidates import candidates_and_features, fit_base_models
+    from jobs.ranking.ranker import RankerSettings
+    from jobs.ranking.serialization import load_base_models, load_item_side, save_base_models, save_item_side
 
     train, items = _tiny_ranking_inputs()
     settings = RankerSettings(knn_neighbours=3, candidates_per_source=4, cold_candidates=2)

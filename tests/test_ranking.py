@@ -29,18 +29,11 @@ from jobs.ranking.data import (
     make_split,
     random_split,
 )
+from jobs.ranking.features import feature_names
 from jobs.ranking.harness import evaluate_model
-from jobs.ranking.ranker import (
-    HybridRanker,
-    RankerSettings,
-    _listwise_loss,
-    feature_names,
-    fit_variants,
-    group_ndcg,
-    load_ranker,
-    save_ranker,
-    variant_columns,
-)
+from jobs.ranking.ranker import HybridRanker, RankerSettings, fit_variants
+from jobs.ranking.serialization import load_ranker, save_ranker
+from jobs.ranking.training import _listwise_loss, group_ndcg, variant_columns
 
 
 def pairs(rows: list[tuple[int, int, int]], n_users: int, n_items: int) -> Interactions:

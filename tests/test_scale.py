@@ -15,13 +15,9 @@ from test_ranking import TINY, no_content, pairs, planted
 from infra.tools.bench_scale import TreeMemory, growth_exponent
 from infra.tools.scale_data import FIRST_EVENT, LAST_EVENT, VECTOR_DIM, ScaleShape, generate_scale_data
 from jobs.ranking.baselines import EaseScorer, ItemKnnScorer, UserKnnScorer, keep_nearest, most_interacted
-from jobs.ranking.ranker import (
-    RankerSettings,
-    build_training_set,
-    keep_strongest_per_row,
-    sequence_neighbours,
-    user_sequences,
-)
+from jobs.ranking.candidates import keep_strongest_per_row, sequence_neighbours, user_sequences
+from jobs.ranking.ranker import RankerSettings
+from jobs.ranking.training import build_training_set
 
 
 def random_pairs(seed: int, n_users: int = 40, n_items: int = 60, per_user: int = 12):

@@ -275,8 +275,9 @@ def serving_probe(fraction: float, work: Path, blocks: int, seed: int = 0) -> di
     import scipy.sparse as sp
 
     from jobs.ranking.baselines import ItemSide, normalised_rows
+    from jobs.ranking.candidates import candidates_and_features, fit_base_models
     from jobs.ranking.data import index_interactions
-    from jobs.ranking.ranker import RankerSettings, candidates_and_features, fit_base_models
+    from jobs.ranking.ranker import RankerSettings
 
     data_dir = work / f"fraction-{fraction:g}" / "data"
     if not (data_dir / "summary.json").is_file():

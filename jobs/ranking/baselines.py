@@ -13,7 +13,7 @@ so their dense items × items matrices stay bounded as the catalog grows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,16 @@ class ItemSide:
         return np.abs(self.blocks[modality]).sum(axis=1) > 0
 
 
+FittedState = TypeVar("FittedState")
+
+
+def fitted(value: FittedState | None, owner: object) -> FittedState:
+    """`value`, a piece of `owner`'s state that fitting (or loading) sets: None means it was used before."""
+    if value is None:
+        raise RuntimeError(f"{type(owner).__name__} is used before it was fitted")
+    return value
+
+
 class Scorer(Protocol):
     name: str
 
@@ -57,7 +67,8 @@ class PopularityScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
+        counts = fitted(self.counts, self)
+        return np.broadcast_to(counts, (len(users), len(counts))).copy()
 
 
 @dataclass
@@ -109,15 +120,16 @@ class EaseScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self.score_vectors(self.matrix[users])[0]
+        return self.score_vectors(fitted(self.matrix, self)[users])[0]
 
     def score_vectors(self, *user_vectors: sp.csr_matrix) -> list[np.ndarray]:
         """Scores for arbitrary (e.g. recency-weighted) user × item rows, one array per matrix given;
         matrices with one sparsity pattern share one pass over the weights."""
+        warm, n_items = fitted(self.warm, self), fitted(self.matrix, self).shape[1]
         scores = []
-        for among_warm in sparse_times_dense_rows(list(user_vectors), self.warm, self.weights):
-            full = np.zeros((among_warm.shape[0], self.matrix.shape[1]), dtype=np.float32)
-            full[:, self.warm] = among_warm
+        for among_warm in sparse_times_dense_rows(list(user_vectors), warm, fitted(self.weights, self)):
+            full = np.zeros((among_warm.shape[0], n_items), dtype=np.float32)
+            full[:, warm] = among_warm
             scores.append(full)
         return scores
 
@@ -196,7 +208,7 @@ class ItemKnnScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return sparse_times_sparse([self.matrix[users]], self.similarity)[0]
+        return sparse_times_sparse([fitted(self.matrix, self)[users]], self.similarity)[0]
 
 
 @dataclass
@@ -227,13 +239,14 @@ class UserKnnScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        if len(self.pool) == 0:
-            return np.zeros((len(users), self.matrix.shape[1]), dtype=np.float32)
-        overlap = sparse_times_sparse([self.matrix[users]], self.pool_columns)[0]
-        similarity = overlap / (np.outer(self.norms[users], self.norms[self.pool]) + self.shrink)
+        pool, matrix, norms = fitted(self.pool, self), fitted(self.matrix, self), fitted(self.norms, self)
+        if len(pool) == 0:
+            return np.zeros((len(users), matrix.shape[1]), dtype=np.float32)
+        overlap = sparse_times_sparse([matrix[users]], self.pool_columns)[0]
+        similarity = overlap / (np.outer(norms[users], norms[pool]) + self.shrink)
         # A user is not their own neighbour.
-        position = np.minimum(np.searchsorted(self.pool, users), len(self.pool) - 1)
-        in_pool = self.pool[position] == users
+        position = np.minimum(np.searchsorted(pool, users), len(pool) - 1)
+        in_pool = pool[position] == users
         similarity[np.flatnonzero(in_pool), position[in_pool]] = 0.0
         keep_nearest(similarity, self.neighbours, axis=1)
         # Sparse times sparse: the neighbours' rows only, never a dense users × items copy of the matrix.
@@ -280,7 +293,7 @@ class GenreScorer:
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self.profiles[users] @ self.item_genres.T
+        return fitted(self.profiles, self)[users] @ fitted(self.item_genres, self).T
 
 
 @dataclass
@@ -306,4 +319,6 @@ class ContentScorer:
         for modality, block in self.blocks.items():
             part = self.profiles[modality][users] @ block.T
             total = part if total is None else total + part
+        if total is None:  # not fitted, or fitted on an item side without modalities
+            raise ValueError("the content scorer has no modality to score with")
         return total.astype(np.float32)

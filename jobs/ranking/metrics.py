@@ -215,7 +215,8 @@ def _excluded_entries(
         if exclude.shape != shape:
             raise ValueError(f"exclude has shape {exclude.shape}, scores {shape}")
         # Stored entries with a value count; explicit zeros do not (nonzero() drops them).
-        return exclude.nonzero()
+        rows, columns = exclude.nonzero()
+        return rows, columns
     mask = np.asarray(exclude)
     if mask.dtype != bool:
         raise ValueError(f"a dense exclude must be a boolean mask, got dtype {mask.dtype}")
