@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.arguments import ARTIFACTS, LAKE, optional_artifacts, optional_lake, run_date
+from jobs.arguments import ARTIFACTS, LAKE, boolean, optional_artifacts, optional_lake, run_date
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,7 +214,7 @@ def _parse(name: str, raw: str) -> object:
     if kind == "int":
         return int(raw)
     if kind == "bool":
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return boolean(raw)
     if kind.startswith("dict"):
         return json.loads(raw)
     return raw
