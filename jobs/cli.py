@@ -173,7 +173,8 @@ def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
-    from jobs.consume import arrow_filesystem, delta_rs_uri
+    from jobs.config import delta_rs_uri
+    from jobs.consume import arrow_filesystem
     from jobs.schemas import ALL_TABLES, features_table
 
     config = load_run_config(args)
@@ -199,7 +200,7 @@ def _feature_modalities(config) -> list[str]:
     """
     from pyarrow import fs
 
-    from jobs.consume import delta_rs_uri
+    from jobs.config import delta_rs_uri
 
     try:
         lake_fs, root = fs.FileSystem.from_uri(delta_rs_uri(config.lake))

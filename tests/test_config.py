@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import PipelineConfig, add_run_arguments, load_config, load_run_config, local_path
-from jobs.consume import delta_rs_uri
+from jobs.config import PipelineConfig, add_run_arguments, delta_rs_uri, load_config, load_run_config, local_path
 
 
 @pytest.fixture(autouse=True)
