@@ -6,8 +6,9 @@ the backfill calls in its own Spark session with keywords. Each `Argument` says 
 value a job takes, as which flag and as which keyword. The run values are the DAG's Params (the backfill
 has a flag or a plan field for each it passes), the run date `ds`, and a fanned-out item's fields.
 
-    STAGES order = the DAG's order: each stage's tasks start when every task of the stage before is done
-    (the jobs of one stage, and the items a job fans out to, run side by side).
+The order of `STAGES` is the order of a night: in the DAG each stage's tasks start when every task of the
+stage before is done (the jobs of one stage, and the items a job fans out to, run side by side); the
+backfill runs them one after another, the teardown stage last whatever happened.
 
 Adding a stage is one entry in `STAGES`; a new run value also needs its DAG Param and backfill flag.
 The tables and artifacts a stage reads and writes are documentation checked by tests/test_stages.py
@@ -63,7 +64,9 @@ class Job:
     spark: bool = True  # False: no Spark session, and the DAG runs it as a task of its own (the run report)
     needs: str | None = None  # a run value without which the backfill skips the job instead of running it
 
-    def items(self, imported_vectors: dict[str, str], modalities: tuple[str, ...] = BUILT_IN_MODALITIES):
+    def items(
+        self, imported_vectors: dict[str, str], modalities: tuple[str, ...] = BUILT_IN_MODALITIES
+    ) -> list[dict[str, str]]:
         """The items this job runs once for, each a dict of its fields; one empty item when it does not fan out."""
         if self.fan_out == PER_MODALITY:
             return [{"modality": modality} for modality in modalities]
@@ -87,6 +90,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Stage:
+    """A step of the night as a person names it, the jobs it runs, and what it reads and writes."""
+
     name: str  # as `modalrank backfill --skip` and the stage's own `modalrank` subcommand name it
     jobs: tuple[Job, ...]
     inputs: tuple[str, ...]  # tables, `_models/...` and `_reports/...` artifacts, or SOURCES
