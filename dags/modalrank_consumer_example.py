@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Param, task
 
 from jobs import arguments
 from jobs.config import load_config
+from jobs.dag_common import default_args, recommendations_asset
 
 config = load_config()
-# The Asset the nightly DAG's `publish` task updates (same name and URI as in modalrank_nightly.py).
-RECOMMENDATIONS_ASSET = Asset(
-    name="modalrank_recommendations", uri=config.table_uri("recommendations"), group="modalrank"
-)
+# The Asset the nightly DAG's `announce_publish` task updates.
+RECOMMENDATIONS_ASSET = recommendations_asset(config)
 
 
 def write_digest(lake: str | None, artifacts: str | None, ds: str | None, table_version: int | None = None) -> str:
@@ -86,13 +85,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["modalrank", "consumer", "example"],
-    default_args={
-        "owner": "modalrank",
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(minutes=20),
-    },
+    default_args=default_args(retry_delay=dt.timedelta(minutes=1), execution_timeout=dt.timedelta(minutes=20)),
     params={
         "lake": Param(
             config.lake,

@@ -33,24 +33,23 @@ a run is triggered, by the same rules as the jobs' flags (`jobs.arguments`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Param, cross_downstream, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from jobs import arguments
+from jobs import arguments, stages
 from jobs.config import REPO_ROOT, load_config
+from jobs.dag_common import default_args, recommendations_asset
 from jobs.spark import EXIT_FAIL_WITHOUT_RETRY, FAIL_WITHOUT_RETRY_MARKER, delta_jars, spark_settings
 
 config = load_config()
 DEMO_DATA = REPO_ROOT / "data" / "demo"
 SPARK_CONNECTION = "modalrank_spark"
 SPARK_POOL = "modalrank_spark"  # infra/setup.sh creates it; its slots cap concurrent Spark jobs
-# Updated by `announce_publish` once a date's lists passed the gate and were committed; consumers schedule on it
-# (dags/modalrank_consumer_example.py declares the same name and URI).
-RECOMMENDATIONS_ASSET = Asset(
-    name="modalrank_recommendations", uri=config.table_uri("recommendations"), group="modalrank"
-)
+# Updated by `announce_publish` once a date's lists passed the gate and were committed; consumers schedule on it.
+RECOMMENDATIONS_ASSET = recommendations_asset(config)
 
 
 class ModalrankSparkJob(SparkSubmitOperator):
@@ -138,13 +137,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["modalrank", "nightly"],
-    default_args={
-        "owner": "modalrank",
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=2),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(hours=2),
-    },
+    default_args=default_args(retry_delay=dt.timedelta(minutes=2), execution_timeout=dt.timedelta(hours=2)),
     params={
         "lake": Param(
             config.lake,
@@ -201,59 +194,18 @@ with DAG(
         ),
     },
 ) as dag:
-    ingest = spark_job(
-        "ingest",
-        "ingest",
+    # One task per job of each stage, one per item where a job fans out (extract_text, ..., import_<name>);
+    # every task of a stage waits for every task of the stage before (jobs.stages declares both).
+    stage_tasks = [
         [
-            "--ds",
-            "{{ ds }}",
-            "--lake",
-            "{{ params.lake }}",
-            "--artifacts",
-            "{{ params.artifacts }}",
-            # A MovieLens folder replaces the generic pair; the job rejects a request with both.
-            "--catalog",
-            "{{ '' if params.movielens else params.catalog }}",
-            "--interactions",
-            "{{ '' if params.movielens else params.interactions }}",
-            "--movielens",
-            "{{ params.movielens }}",
-            "--overviews",
-            "{{ params.overviews }}",
-            "--posters",
-            "{{ params.posters }}",
-            "--audio",
-            "{{ params.audio }}",
-            "--video",
-            "{{ params.video }}",
-        ],  # fmt: skip
-    )
-
-    run_date = ["--ds", "{{ ds }}", "--lake", "{{ params.lake }}", "--artifacts", "{{ params.artifacts }}"]
-    extractors = [
-        spark_job(
-            f"extract_{modality}",
-            "extract",
-            [*run_date, "--modality", modality, "--force", "{{ params.force_extract }}"],
-        )
-        for modality in ("text", "image", "audio", "video")
+            spark_job(job.task_id(item), job.module, job.application_args(item))
+            for job in stage.jobs
+            for item in job.items(config.imported_vectors)
+        ]
+        for stage in stages.STAGES
+        if not stage.teardown
     ]
-    extractors += [
-        spark_job(f"import_{name}", "import_vectors", [*run_date, "--name", name, "--vectors", vectors])
-        for name, vectors in sorted(config.imported_vectors.items())
-    ]
-    fuse = spark_job("fuse", "fuse", [*run_date, "--every-days", "{{ params.train_every_days }}"])
-    train_ranker = spark_job("train_ranker", "train", [*run_date, "--every-days", "{{ params.train_every_days }}"])
-    evaluate = spark_job("evaluate", "evaluate", [*run_date, "--dataset", "{{ params.dataset }}"])
-    publish = spark_job(
-        "publish",
-        "publish",
-        [
-            *run_date,
-            "--k", "{{ params.k }}",
-            "--max-changed-share", "{{ params.max_changed_share }}",
-            "--min-coverage", "{{ params.min_coverage }}",
-        ],
-    )  # fmt: skip
+    for upstream, downstream in itertools.pairwise(stage_tasks):
+        cross_downstream(upstream, downstream)
     announce = announce_publish()
-    ingest >> extractors >> fuse >> train_ranker >> evaluate >> publish >> announce >> run_report().as_teardown()
+    stage_tasks[-1] >> announce >> run_report().as_teardown()

@@ -155,6 +155,20 @@ def optional_input_path(text: str) -> Path | None:
     return input_path(text) if text.strip() else None
 
 
+# What reads as "yes" in a boolean flag's value or a boolean `MODALRANK_*` variable, in any case and with
+# spaces around it; anything else is "no".
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def boolean(text: str) -> bool:
+    return text.strip().lower() in TRUE_WORDS
+
+
+def add_boolean_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """`--name` alone, or `--name true|false`: a scheduler passes a flag value on every run."""
+    parser.add_argument(name, nargs="?", const=True, default=False, type=boolean, help=help)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -2,7 +2,7 @@
 
 For data engineers who run jobs without a scheduler. With one, `airflow backfill create --dag-id
 modalrank_nightly --from-date A --to-date B` runs the same jobs with the same arguments. Each date runs
-the DAG's stages in the DAG's order:
+the DAG's stages in the DAG's order, as `jobs.stages` declares them for both:
 
     ingest → extract (every built-in modality, then each configured import) → fuse → train → evaluate
     → publish → run report
@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 
 from jobs import arguments, lease
+from jobs import stages as registry  # a BackfillPlan has a field named `stages`
 from jobs.arguments import dataset_label, positive_int
 from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
 from jobs.ingest import IngestRequest
 
 log = logging.getLogger("modalrank.backfill")
 
-STAGES = ("ingest", "extract", "fuse", "train", "evaluate", "publish", "report")
+STAGES = registry.STAGE_NAMES
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class BackfillPlan:
     end: dt.date
     sources: IngestRequest | None  # its ds is replaced per date; None: skip ingest
     stages: tuple[str, ...] = STAGES
-    modalities: tuple[str, ...] = ("text", "image", "audio", "video")
+    modalities: tuple[str, ...] = registry.BUILT_IN_MODALITIES
     force_extract: bool = False
     train_every_days: int = 7
     dataset: str = "demo"
@@ -64,6 +65,17 @@ class BackfillPlan:
     def dates(self) -> list[dt.date]:
         return [self.start + dt.timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
+    def run_values(self, ds: dt.date) -> dict[str, object]:
+        """The run values the stages' arguments name (`jobs.stages.Argument.value`), for one date."""
+        return {
+            "ds": ds,
+            "sources": None if self.sources is None else dataclasses.replace(self.sources, ds=ds),
+            "force_extract": self.force_extract,
+            "train_every_days": self.train_every_days,
+            "dataset": self.dataset,
+            "k": self.k,
+        }
+
 
 @dataclass
 class DateResult:
@@ -78,53 +90,39 @@ class BackfillError(RuntimeError):
 
 
 def run_date(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan, ds: dt.date) -> DateResult:
-    """Every stage of the plan for one date, in the DAG's order."""
-    from jobs.evaluate import run_evaluate
-    from jobs.extract import run_extract
-    from jobs.fuse import run_fuse
-    from jobs.import_vectors import run_import
-    from jobs.ingest import run_ingest
-    from jobs.publish import run_publish
-    from jobs.run_report import write_run_report
-    from jobs.train import run_train
-
+    """Every stage of the plan for one date, in the DAG's order (`jobs.stages`)."""
     result = DateResult(ds.isoformat())
+    values = plan.run_values(ds)
 
-    def stage(name: str, run) -> object:
-        started = time.monotonic()
-        outcome = run()
-        result.seconds[name] = round(time.monotonic() - started, 1)
-        log.info("backfill %s: %s done in %.1f s", ds, name, result.seconds[name])
-        return outcome
+    def run_stage(stage: registry.Stage) -> None:
+        for job in stage.jobs:
+            if job.needs and values[job.needs] is None:
+                continue
+            for item in job.items(config.imported_vectors, plan.modalities):
+                # Timed and logged by stage; a fanned-out job's items by their DAG task ids (extract_text).
+                name = job.task_id(item) if job.fan_out else stage.name
+                started = time.monotonic()
+                outcome = job.run(spark, config, {**values, **item})
+                result.seconds[name] = round(time.monotonic() - started, 1)
+                log.info("backfill %s: %s done in %.1f s", ds, name, result.seconds[name])
+                if stage.name == "train":
+                    result.model_version = outcome.version
+                elif stage.name == "publish":
+                    result.published_rows = outcome.rows
 
+    planned = [stage for stage in registry.STAGES if stage.name in plan.stages]
     # The date's lease for all its stages (each stage takes its own leases too: `lease.holding`; the date's
     # is then held already): a scheduler's run of the same date waits for this one, and the other way round.
     with lease.lease(config, lease.date_key(ds), "backfill"):
         try:
-            if "ingest" in plan.stages and plan.sources is not None:
-                stage("ingest", lambda: run_ingest(spark, config, dataclasses.replace(plan.sources, ds=ds)))
-            if "extract" in plan.stages:
-                for modality in plan.modalities:
-                    stage(
-                        f"extract_{modality}",
-                        lambda m=modality: run_extract(spark, config, m, ds, plan.force_extract),
-                    )
-                for name, vectors in sorted(config.imported_vectors.items()):
-                    stage(f"import_{name}", lambda n=name, v=vectors: run_import(spark, config, n, v, ds))
-            if "fuse" in plan.stages:
-                stage("fuse", lambda: run_fuse(spark, config, ds, every_days=plan.train_every_days))
-            if "train" in plan.stages:
-                trained = stage("train", lambda: run_train(spark, config, ds, every_days=plan.train_every_days))
-                result.model_version = trained.version
-            if "evaluate" in plan.stages:
-                stage("evaluate", lambda: run_evaluate(spark, config, ds, plan.dataset))
-            if "publish" in plan.stages:
-                published = stage("publish", lambda: run_publish(spark, config, ds, k=plan.k))
-                result.published_rows = published.rows
+            for stage in planned:
+                if not stage.teardown:
+                    run_stage(stage)
         finally:
             # Like the DAG's teardown: the date's report is written whether its stages passed or not.
-            if "report" in plan.stages:
-                stage("report", lambda: write_run_report(config, ds))
+            for stage in planned:
+                if stage.teardown:
+                    run_stage(stage)
         return result
 
 

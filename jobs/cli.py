@@ -7,12 +7,14 @@ under spark-submit. Errors are one line on stderr and a non-zero exit, never a t
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import importlib.util
 import logging
 import sys
 from pathlib import Path
 
-from jobs import extract, ingest
+from jobs import extract, stages
 from jobs.arguments import input_path, modality_name, positive_int
 from jobs.backfill import BackfillError
 from jobs.config import REPO_ROOT, add_lake_arguments, add_run_arguments, configure_logging, load_run_config
@@ -50,13 +52,32 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    report = ingest.run_from_args(args)
-    print(f"ingested ds={report.ds}: report {load_run_config(args).reports_dir / report.ds / 'ingest.md'}")
+def _run_stage(stage: stages.Stage, args: argparse.Namespace) -> int:
+    """`modalrank <stage>`: the stage's job as spark-submit runs it, then the stage's one-line summary."""
+    report = importlib.import_module(f"jobs.{stage.jobs[0].module}").run_from_args(args)
+    _print_done(stage, args, report)
     return 0
 
 
-def _extract(args: argparse.Namespace) -> int:
+def _print_done(stage: stages.Stage, args: argparse.Namespace, report) -> None:
+    if stage.command_done is not None:
+        print(stage.command_done.format(report=report, reports=load_run_config(args).reports_dir / report.ds, args=args))
+
+
+def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    """`modalrank extract` runs a built-in extractor or imports vectors: the two jobs of the extract stage."""
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--modality",
+        required=True,
+        type=modality_name,
+        help="text, image, audio, video, or a name for imported vectors",
+    )
+    parser.add_argument("--vectors", type=input_path, help="CSV/Parquet of item id + vector, for an imported modality")
+    extract.add_force_argument(parser)
+
+
+def _extract(stage: stages.Stage, args: argparse.Namespace) -> int:
     from jobs import import_vectors
 
     built_in = args.modality in extract.MODALITY_INPUTS
@@ -70,42 +91,12 @@ def _extract(args: argparse.Namespace) -> int:
         report = extract.run_from_args(args)
     else:
         report = import_vectors.run_from_args(argparse.Namespace(**vars(args), name=args.modality))
-    print(f"extracted {args.modality} ds={report.ds}: report {load_run_config(args).reports_dir / report.ds}")
+    _print_done(stage, args, report)
     return 0
 
 
-def _fuse(args: argparse.Namespace) -> int:
-    from jobs import fuse
-
-    report = fuse.run_from_args(args)
-    print(f"fused ds={report.ds}: report {load_run_config(args).reports_dir / report.ds / 'fuse.md'}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from jobs import train
-
-    report = train.run_from_args(args)
-    print(f"trained {report.version} ds={report.ds}: {report.artifact}")
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from jobs import evaluate
-
-    evaluate.run_from_args(args)  # prints the metrics tables, the targets and the report's path
-    return 0
-
-
-def _publish(args: argparse.Namespace) -> int:
-    from jobs import publish
-
-    report = publish.run_from_args(args)
-    print(
-        f"published ds={report.ds}: {report.rows} rows for {report.users} users (K={report.k}, {report.model_version}); "
-        f"report {load_run_config(args).reports_dir / report.ds / 'publish.md'}"
-    )
-    return 0
+# Stage subcommands whose arguments are not their first job's (`add_arguments`, handler).
+CUSTOM_STAGE_COMMANDS = {"extract": (_add_extract_arguments, _extract)}
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -195,7 +186,8 @@ def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
-    from jobs.consume import arrow_filesystem, delta_rs_uri
+    from jobs.config import delta_rs_uri
+    from jobs.consume import arrow_filesystem
     from jobs.schemas import ALL_TABLES, features_table
 
     config = load_run_config(args)
@@ -221,7 +213,7 @@ def _feature_modalities(config) -> list[str]:
     """
     from pyarrow import fs
 
-    from jobs.consume import delta_rs_uri
+    from jobs.config import delta_rs_uri
 
     try:
         lake_fs, root = fs.FileSystem.from_uri(delta_rs_uri(config.lake))
@@ -301,47 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, help="random seed (default 7)")
     demo.set_defaults(handler=_demo_data)
 
-    ingest_parser = commands.add_parser("ingest", help="ingest a catalog and interactions into the lake")
-    ingest.add_arguments(ingest_parser)
-    ingest_parser.set_defaults(handler=_ingest)
+    # One subcommand per stage, in the pipeline's order, each taking its job's own arguments (jobs.stages).
+    for stage in stages.STAGES:
+        if stage.command_help is None:
+            continue
+        module = importlib.import_module(f"jobs.{stage.jobs[0].module}")
+        add_arguments, handler = CUSTOM_STAGE_COMMANDS.get(stage.name, (module.add_arguments, _run_stage))
+        stage_parser = commands.add_parser(stage.name, help=stage.command_help)
+        add_arguments(stage_parser)
+        stage_parser.set_defaults(handler=functools.partial(handler, stage))
 
-    extract_parser = commands.add_parser(
-        "extract", help="extract one modality's features (text, image, audio, video) or import vectors"
-    )
-    add_run_arguments(extract_parser)
-    extract_parser.add_argument(
-        "--modality",
-        required=True,
-        type=modality_name,
-        help="text, image, audio, video, or a name for imported vectors",
-    )
-    extract_parser.add_argument(
-        "--vectors", type=input_path, help="CSV/Parquet of item id + vector, for an imported modality"
-    )
-    extract.add_force_argument(extract_parser)
-    extract_parser.set_defaults(handler=_extract)
-
-    from jobs import backfill, evaluate, fuse, publish, train
-
-    fuse_parser = commands.add_parser("fuse", help="fuse the modality features into one vector per item")
-    fuse.add_arguments(fuse_parser)
-    fuse_parser.set_defaults(handler=_fuse)
-
-    train_parser = commands.add_parser("train", help="train the hybrid ranker on data up to the run date")
-    train.add_arguments(train_parser)
-    train_parser.set_defaults(handler=_train)
-
-    evaluate_parser = commands.add_parser(
-        "evaluate", help="every baseline and the ranker on three protocols: metrics tables and an HTML report"
-    )
-    evaluate.add_arguments(evaluate_parser)
-    evaluate_parser.set_defaults(handler=_evaluate)
-
-    publish_parser = commands.add_parser(
-        "publish", help="every user's top-K for the run date into `recommendations`, behind the quality gate"
-    )
-    publish.add_arguments(publish_parser)
-    publish_parser.set_defaults(handler=_publish)
+    from jobs import backfill
 
     backfill_parser = commands.add_parser(
         "backfill", help="the nightly stages for every date from --start to --end, oldest first"

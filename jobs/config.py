@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.arguments import ARTIFACTS, LAKE, optional_artifacts, optional_lake, run_date
+from jobs.arguments import ARTIFACTS, LAKE, boolean, optional_artifacts, optional_lake, run_date
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +134,21 @@ def local_path(lake: str) -> str | None:
     return None
 
 
+# Beside `table_uri` and `local_path`, not in jobs.lake: the delta-rs readers (jobs.consume, the run report,
+# `modalrank latest` and `tables`) never import Spark.
+def delta_rs_uri(path: str | Path) -> str:
+    """A lake or table path as Spark names it (`PipelineConfig.table_path`), as delta-rs and pyarrow name it.
+
+    Local paths, file:// and hdfs:// are the same for both. Hadoop's S3 connector is s3a://, which
+    delta-rs and pyarrow's filesystems call s3:// (delta-rs 1.6 takes s3a:// too, pyarrow does not).
+    delta-rs takes S3 credentials and region from the standard environment variables
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, or
+    AWS_PROFILE), so no storage options are passed here.
+    """
+    text = str(path)
+    return "s3://" + text.removeprefix("s3a://") if text.startswith("s3a://") else text
+
+
 def add_lake_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lake` and `--artifacts`. Empty values (Airflow passes every flag) mean the configured default."""
     parser.add_argument(
@@ -214,7 +229,8 @@ def _parse(name: str, raw: str) -> object:
     if kind == "int":
         return int(raw)
     if kind == "bool":
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return boolean(raw)
     if kind.startswith("dict"):
         return json.loads(raw)
     return raw
+

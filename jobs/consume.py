@@ -7,8 +7,8 @@ is partitioned by `ds`), without opening a data file.
 
 Everything here reads with delta-rs (`deltalake`) and pyarrow: no JVM, so a service, a notebook or an
 Airflow task can read the lists without Spark. Only `latest_view` uses Spark, for SQL users. This
-module never writes to the lake. `delta_rs_uri` is how every delta-rs reader in modalrank names a
-table, so a lake that Spark writes as s3a:// is read from the same place.
+module never writes to the lake. Tables are named as `jobs.config.delta_rs_uri` names them for delta-rs,
+so a lake that Spark writes as s3a:// is read from the same place.
 """
 
 from __future__ import annotations
@@ -20,24 +20,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from jobs.config import delta_rs_uri
+
 if TYPE_CHECKING:
     from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
 
 LATEST_VIEW = "recommendations_latest"
-
-
-def delta_rs_uri(path: str | Path) -> str:
-    """A table path as Spark names it (`PipelineConfig.table_path`), as delta-rs names it.
-
-    Local paths, file:// and hdfs:// are the same for both. Hadoop's S3 connector is s3a://, which
-    delta-rs and pyarrow's filesystems call s3:// (delta-rs 1.6 takes s3a:// too, pyarrow does not).
-    delta-rs takes S3 credentials and region from the standard environment variables
-    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, or
-    AWS_PROFILE), so no storage options are passed here.
-    """
-    text = str(path)
-    return "s3://" + text.removeprefix("s3a://") if text.startswith("s3a://") else text
 
 
 def open_table(path: str | Path, version: int | None = None) -> DeltaTable:

@@ -45,6 +45,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import artifacts, decode_sandbox, lake, lease, media_files
+from jobs.arguments import add_boolean_flag
 from jobs.asof import catalog_as_of
 from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
 from jobs.decode_sandbox import DecodeLimits, DecodeSandbox
@@ -469,15 +470,7 @@ def log_report(report: ExtractReport) -> None:
 
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:
-    # `--force` alone, or `--force true|false`: a scheduler passes a flag value on every run.
-    parser.add_argument(
-        "--force",
-        nargs="?",
-        const=True,
-        default=False,
-        type=lambda text: text.strip().lower() in {"1", "true", "yes"},
-        help="recompute every item (e.g. after a model change)",
-    )
+    add_boolean_flag(parser, "--force", help="recompute every item (e.g. after a model change)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ from pyspark.sql import functions as F
 
 from features.fusion import METHOD, Fusion, fit_projection
 from jobs import artifacts, lake, lease
-from jobs.arguments import modality_name
+from jobs.arguments import add_boolean_flag, modality_name
 from jobs.artifacts import build_artifact
 from jobs.asof import catalog_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
@@ -588,21 +588,9 @@ def log_report(report: FuseReport) -> None:
 # Command line (spark-submit and `modalrank fuse` share these arguments)
 
 
-def _flag(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes"}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
-    # `--refit` alone, or `--refit true|false`: a scheduler passes a flag value on every run.
-    parser.add_argument(
-        "--refit",
-        nargs="?",
-        const=True,
-        default=False,
-        type=_flag,
-        help="fit new projections, even if current match",
-    )
+    add_boolean_flag(parser, "--refit", help="fit new projections, even if current match")
     parser.add_argument("--block-dim", type=int, default=DEFAULT_BLOCK_DIM, help="most dims per modality block")
     parser.add_argument(
         "--max-fit-items", type=int, default=DEFAULT_MAX_FIT_ITEMS, help="most ok vectors a modality is fitted on"

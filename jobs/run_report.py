@@ -98,7 +98,8 @@ def read_quarantine_counts(config: PipelineConfig, ds: dt.date) -> pd.DataFrame 
     """Rows per (stage, reason) quarantined on `ds`, or why there are none to count."""
     from deltalake import DeltaTable
 
-    from jobs.consume import delta_rs_uri, read_frame
+    from jobs.config import delta_rs_uri
+    from jobs.consume import read_frame
 
     path = delta_rs_uri(config.table_path("quarantine"))
     try:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import PipelineConfig, add_run_arguments, load_config, load_run_config, local_path
-from jobs.consume import delta_rs_uri
+from jobs.config import PipelineConfig, add_run_arguments, delta_rs_uri, load_config, load_run_config, local_path
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +91,19 @@ def test_a_job_on_a_uri_lake_without_artifacts_stops_before_spark_in_one_line(ca
     error = capsys.readouterr().err
     assert error.startswith("modalrank fuse: error: the lake s3a://bucket/lake is not a local folder")
     assert "set MODALRANK_ARTIFACTS" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", True), (" TRUE ", True), ("yes", True), ("On", True),
+                                                 ("0", False), ("false", False), ("no", False), ("", False)])  # fmt: skip
+def test_one_boolean_reading_for_flags_and_the_environment(monkeypatch, text, expected):
+    from jobs.extract import add_force_argument
+    from jobs.fuse import add_arguments as add_fuse_arguments
+
+    monkeypatch.setenv("MODALRANK_SPARK_UI", text)
+    assert load_config().spark_ui is expected
+    force, fuse = argparse.ArgumentParser(), argparse.ArgumentParser()
+    add_force_argument(force)
+    add_fuse_arguments(fuse)
+    assert force.parse_args(["--force", text]).force is expected
+    assert force.parse_args(["--force"]).force is True and force.parse_args([]).force is False
+    assert fuse.parse_args(["--ds", "2026-11-01", "--refit", text]).refit is expected

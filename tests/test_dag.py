@@ -99,3 +99,15 @@ def test_spark_tasks_submit_real_job_files_on_the_project_connection(dagbag):
         assert "--ds" in task.application_args
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
         assert "delta-spark_" in task.jars
+
+
+def test_every_param_the_stages_pass_is_a_param_of_the_nightly_dag(dagbag):
+    from jobs import stages
+
+    params = set(dagbag.dags[NIGHTLY].params)
+    for stage in stages.STAGES:
+        for job in stage.jobs:
+            for item in job.items({"mmtf_avf": "/data/avf.csv"}):
+                for argument in job.arguments:
+                    if argument.flag and argument.template is None and argument.value not in item:
+                        assert argument.value in params, f"{job.task_id(item)} passes {argument.flag} from no Param"

@@ -84,7 +84,7 @@ def _bare_inputs(config: PipelineConfig, modality: str) -> list[bytes | str]:
     """The same inputs the Spark job would extract, read without Spark (delta-rs)."""
     from deltalake import DeltaTable
 
-    from jobs.consume import delta_rs_uri
+    from jobs.config import delta_rs_uri
     from jobs.extract import MODALITY_INPUTS, extractor_inputs
 
     path_column = MODALITY_INPUTS[modality].path_column
