@@ -22,8 +22,10 @@ from conftest import ingest_with_taste_vectors
 
 from jobs import lake
 from jobs.demo_data import DemoDataConfig, generate_demo_data
-from jobs.publish import PublishGateError, check_lists, run_publish, user_blocks
+from jobs.publish import run_publish
+from jobs.publish_gate import PublishGateError, check_lists
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
+from jobs.serving import user_blocks
 
 DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
 DS = DEMO.end_date
