@@ -18,7 +18,8 @@ are refit on data up to the run date itself by `jobs.publish`, so the lists stil
 interactions.)
 
 Pointers: `_models/ranker/by_ds/<ds>.json` names the model for run date `ds` (what `jobs.publish`
-serves, never another), and `_models/ranker/current.json` the model of the newest run date so far.
+serves, never another), and `_models/ranker/current.json` the model of the newest run date so far
+(both paths, and the data loading train shares with evaluate and publish, are in `jobs.ranker_inputs`).
 
 Leases (`jobs.lease`): a run holds the lease of `ds` and of its training date, so the nightly run and a
 backfill of the same date, or of two dates of one training week, never interleave their writes.
