@@ -291,7 +291,9 @@ def test_every_eligible_user_gets_k_unseen_available_items_in_rank_order(spark, 
     assert len(rows) == report.rows and report.published and report.passed
     assert set(rows.model_version) == {trained.version} and set(rows.ds) == {DS}
     assert set(rows.generated_at) == {pd.Timestamp(DS + dt.timedelta(days=1))}  # the run date's end, UTC
-    vectors = lake.read_table(spark, config, ITEM_VECTORS).toPandas().set_index("item_id")["modalities"]
+    # DS's own item vectors: once another test fused EARLIER, the table holds a row per item for each date.
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{DS.isoformat()}'")
+    vectors = vectors.toPandas().set_index("item_id")["modalities"]
     assert all(
         modalities == list(vectors[item]) for item, modalities in zip(rows.item_id, rows.modalities, strict=True)
     )
