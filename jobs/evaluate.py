@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 from jobs import lake, lease
 from jobs.arguments import DATASET, dataset_label
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.ranker_inputs import RankingData, load_ranking_data
 from jobs.ranking.baselines import (
     ContentScorer,
     FactorScorer,
@@ -43,7 +44,6 @@ from jobs.ranking.harness import KS, ModelResult, evaluate_model
 from jobs.reports import Report, write_report
 from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, METRICS
 from jobs.spark import job_main, spark_session
-from jobs.train import RankingData, load_ranking_data
 
 log = logging.getLogger("modalrank.evaluate")
 

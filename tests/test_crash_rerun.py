@@ -86,7 +86,8 @@ def ranker_card(folder: Path) -> dict:
 def baseline(spark, small_demo, tmp_path_factory) -> Baseline:
     from jobs.fuse import run_fuse
     from jobs.publish import run_publish
-    from jobs.train import date_pointer, run_train
+    from jobs.ranker_inputs import date_pointer
+    from jobs.train import run_train
 
     root = tmp_path_factory.mktemp("crash")
     config = load_config(lake=str(root / "lake"), artifacts=str(root / "baseline"), shuffle_partitions=2)
@@ -227,7 +228,8 @@ def test_fuse_killed_between_its_writes_reruns_to_the_same_projections_and_vecto
 
 @pytest.mark.parametrize("point", ["train.ranker.manifest_written", "train.date_pointer_written"])
 def test_train_killed_between_its_writes_reruns_to_the_same_ranker_and_pointers(spark, baseline, point):
-    from jobs.train import current_pointer, date_pointer, run_train
+    from jobs.ranker_inputs import current_pointer, date_pointer
+    from jobs.train import run_train
 
     config = fresh_artifacts(baseline, f"train-{point}")
     crash("train", config, point)
@@ -251,7 +253,8 @@ def test_train_killed_between_its_writes_reruns_to_the_same_ranker_and_pointers(
 
 @pytest.mark.parametrize("point", ["publish.gated", "publish.committed"])
 def test_publish_killed_between_its_writes_reruns_to_the_same_lists(spark, baseline, point):
-    from jobs.publish import run_publish, serving_root
+    from jobs.publish import run_publish
+    from jobs.serving import serving_root
 
     config = baseline.config
     version = table_version(spark, config)
@@ -276,7 +279,8 @@ def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline)
     """Both dates serve the model of their Sunday: one process trains it, the other waits for the training
     date's lease and reuses it. Both finish; one verified ranker; both dates point at it."""
     from jobs.fuse import run_fuse
-    from jobs.train import date_pointer, training_date
+    from jobs.ranker_inputs import date_pointer
+    from jobs.train import training_date
 
     config = fresh_artifacts(baseline, "train-race")
     sunday = training_date(DS, 7)
@@ -299,7 +303,7 @@ def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline)
 def test_two_publishes_of_one_date_racing_both_leave_the_same_lists(spark, baseline):
     """The second run waits for the date's lease (or starts after the first ended); each scores from its
     own serving folder, so neither removes what the other loads. Two commits, the same rows."""
-    from jobs.publish import serving_root
+    from jobs.serving import serving_root
 
     config = baseline.config
     version = table_version(spark, config)

@@ -23,7 +23,7 @@ DS = dt.date(2026, 11, 29)
 # PublishGateError or by an ordinary crash.
 GATE_JOB = """
 import sys
-from jobs.publish import PublishGateError
+from jobs.publish_gate import PublishGateError
 from jobs.spark import job_main
 
 

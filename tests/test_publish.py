@@ -3,9 +3,10 @@
 Three tiers: pure numpy (the per-block top K, the serving artifact round trip), the gate on small
 hand-made DataFrames (each planted fault fails exactly its check), and end to end on a small demo
 lake (ingest, two imported modalities, fuse, train, publish with K = 10). The end-to-end tests share
-one lake and run in file order: the first publish, an earlier date, a rerun, a blocked publish; last,
-the same stages on a lake given as a file:// URI with a separate artifacts folder, which must publish
-the same lists.
+one lake but none relies on another having run: what a test reads of the first publish (its report
+files, the table version it wrote) is kept by the `published` fixture when it runs, and the earlier
+date a rerun compares with is the `earlier_published` fixture's. Last, the same stages on a lake given
+as a file:// URI with a separate artifacts folder, which must publish the same lists.
 Expectations are recomputed with pandas from the lake's own tables, not from the job's models.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,10 @@ from conftest import ingest_with_taste_vectors
 
 from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 from jobs import lake
-from jobs.publish import PublishGateError, check_lists, run_publish, user_blocks
+from jobs.publish import run_publish
+from jobs.publish_gate import PublishGateError, check_lists
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
+from jobs.serving import user_blocks
 
 DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
 DS = DEMO.end_date
@@ -205,11 +209,39 @@ def trained_lake(spark, tmp_path_factory):
     return config, trained
 
 
+@dataclass(frozen=True)
+class FirstPublish:
+    """The first publish of DS, and what it left that later tests overwrite (a rerun, a failed gate)."""
+
+    config: object
+    trained: object
+    report: object
+    card: dict  # publish.json as this publish wrote it
+    markdown: str  # publish.md as this publish wrote it
+    table_version: int  # the table's version right after this publish
+
+
 @pytest.fixture(scope="module")
-def published(spark, trained_lake):
+def published(spark, trained_lake) -> FirstPublish:
     config, trained = trained_lake
     report = run_publish(spark, config, DS, k=K)
-    return config, trained, report
+    reports = config.reports_dir / DS.isoformat()
+    return FirstPublish(
+        config, trained, report, json.loads((reports / "publish.json").read_text()),
+        (reports / "publish.md").read_text(), table_version(spark, config),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def earlier_published(spark, published):
+    """EARLIER fused and published with the DS model (train chose none for EARLIER); DS's rows before it."""
+    from jobs.fuse import run_fuse
+
+    config = published.config
+    run_fuse(spark, config, EARLIER)
+    before = partition(spark, config, DS)
+    report = run_publish(spark, config, EARLIER, k=K, model_version=published.trained.version)
+    return report, before
 
 
 def partition(spark, config, ds: dt.date) -> pd.DataFrame:
@@ -237,7 +269,7 @@ def expected_lists(spark, config, ds: dt.date) -> tuple[dict[int, set[int]], set
 
 @pytest.mark.spark
 def test_every_eligible_user_gets_k_unseen_available_items_in_rank_order(spark, published):
-    config, trained, report = published
+    config, trained, report = published.config, published.trained, published.report
     rows = partition(spark, config, DS)
     seen, available, _ = expected_lists(spark, config, DS)
     assert set(rows.user_id) == set(seen) and report.users == len(seen)
@@ -253,27 +285,29 @@ def test_every_eligible_user_gets_k_unseen_available_items_in_rank_order(spark, 
     assert len(rows) == report.rows and report.published and report.passed
     assert set(rows.model_version) == {trained.version} and set(rows.ds) == {DS}
     assert set(rows.generated_at) == {pd.Timestamp(DS + dt.timedelta(days=1))}  # the run date's end, UTC
-    vectors = lake.read_table(spark, config, ITEM_VECTORS).toPandas().set_index("item_id")["modalities"]
+    # DS's own item vectors: once another test fused EARLIER, the table holds a row per item for each date.
+    vectors = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{DS.isoformat()}'")
+    vectors = vectors.toPandas().set_index("item_id")["modalities"]
     assert all(
         modalities == list(vectors[item]) for item, modalities in zip(rows.item_id, rows.modalities, strict=True)
     )
     assert {"noise", "taste"} in [set(m) for m in rows.modalities]
     # The report: every check passed, in json and md; the serving artifact is gone.
-    card = json.loads((config.reports_dir / DS.isoformat() / "publish.json").read_text())
+    card = published.card
     assert card["published"] and {c["name"] for c in card["checks"]} >= {
         "rows_per_user",
         "no_duplicates",
         "coverage",
     }
-    assert all(c["passed"] for c in card["checks"]) and card["table_version"] == table_version(spark, config)
+    assert all(c["passed"] for c in card["checks"]) and card["table_version"] == published.table_version
     assert {"load data", "fit base models", "score", "gate", "write"} <= set(card["timings"])
-    assert "| no_seen_items | yes |" in (config.reports_dir / DS.isoformat() / "publish.md").read_text()
+    assert "| no_seen_items | yes |" in published.markdown
     assert not (Path(config.lake) / "_models" / "serving" / DS.isoformat()).exists()
 
 
 @pytest.mark.spark
 def test_cold_items_reach_some_lists(spark, published):
-    config, _, report = published
+    config, report = published.config, published.report
     _, _, cold = expected_lists(spark, config, DS)
     listed = set(partition(spark, config, DS).item_id)
     assert cold, "the demo should have available items nobody interacted with yet"
@@ -282,16 +316,12 @@ def test_cold_items_reach_some_lists(spark, published):
 
 
 @pytest.mark.spark
-def test_an_earlier_date_adds_its_own_partition_and_leaves_the_other_alone(spark, published):
-    from jobs.fuse import run_fuse
-
-    config, trained, _ = published
-    before = partition(spark, config, DS)
+def test_an_earlier_date_adds_its_own_partition_and_leaves_the_other_alone(spark, published, earlier_published):
+    config = published.config
+    report, before = earlier_published
     # Nothing chose a model for EARLIER: publish refuses the newest one unless it is named.
     with pytest.raises(FileNotFoundError, match=f"no ranker chosen for {EARLIER}"):
         run_publish(spark, config, EARLIER, k=K)
-    run_fuse(spark, config, EARLIER)
-    report = run_publish(spark, config, EARLIER, k=K, model_version=trained.version)
     assert partition(spark, config, DS).equals(before)
     earlier = partition(spark, config, EARLIER)
     seen, available, _ = expected_lists(spark, config, EARLIER)
@@ -301,8 +331,8 @@ def test_an_earlier_date_adds_its_own_partition_and_leaves_the_other_alone(spark
 
 
 @pytest.mark.spark
-def test_rerunning_a_date_writes_the_same_rows_in_one_commit(spark, published):
-    config, _, _ = published
+def test_rerunning_a_date_writes_the_same_rows_in_one_commit(spark, published, earlier_published):
+    config = published.config
     before, version = partition(spark, config, DS), table_version(spark, config)
     report = run_publish(spark, config, DS, k=K)
     assert table_version(spark, config) == version + 1
@@ -316,7 +346,7 @@ def test_rerunning_a_date_writes_the_same_rows_in_one_commit(spark, published):
 def test_a_failed_gate_publishes_nothing_and_says_why(spark, published, monkeypatch):
     import jobs.publish
 
-    config, _, _ = published
+    config = published.config
     before, version = partition(spark, config, DS), table_version(spark, config)
     scored = jobs.publish.score_lists
 
@@ -358,7 +388,7 @@ def test_a_uri_lake_with_its_own_artifacts_folder_publishes_the_same_lists(spark
     from jobs.schemas import QUARANTINE
     from jobs.train import run_train
 
-    local_config, local_trained, _ = published
+    local_config, local_trained = published.config, published.trained
     root = Path(local_config.lake).parent / "uri"
     lake_folder, artifacts = root / "lake", root / "artifacts"
     config = load_config(lake=lake_folder.as_uri(), artifacts=str(artifacts), shuffle_partitions=2)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from deltalake import write_deltalake
 
-from jobs import evaluate, extract, fuse, ingest, publish, train
+from jobs import evaluate, extract, fuse, ingest, publish, publish_gate, train
 from jobs.config import load_config
 from jobs.reports import write_report
 from jobs.run_report import NO_REPORT, build_run_report, main, write_run_report
@@ -58,16 +58,16 @@ TRAIN = train.TrainReport(
     training_seconds=12.5, seconds=20.25,
 )  # fmt: skip
 CHECKS = [
-    publish.Check("rows_per_user", True, "0 of 20 eligible users do not have min(K, their eligible items) rows"),
-    publish.Check("no_seen_items", True, "0 rows list an item the user already interacted with"),
-    publish.Check(
+    publish_gate.Check("rows_per_user", True, "0 of 20 eligible users do not have min(K, their eligible items) rows"),
+    publish_gate.Check("no_seen_items", True, "0 rows list an item the user already interacted with"),
+    publish_gate.Check(
         "changed_share", True, "3 of 18 users listed on both dates have a different list",
         {"changed_share": 0.1667, "users_compared": 18, "users_changed": 3, "mean_items_kept": 0.95,
          "new_users": 2},
     ),
-    publish.Check("coverage", True, "31 of 38 available items are in some list", {"coverage": 0.8158}),
+    publish_gate.Check("coverage", True, "31 of 38 available items are in some list", {"coverage": 0.8158}),
 ]  # fmt: skip
-FAILED_COVERAGE = publish.Check("coverage", False, "3 of 38 available items are in some list (7.9%, minimum 50%)")
+FAILED_COVERAGE = publish_gate.Check("coverage", False, "3 of 38 available items are in some list (7.9%, minimum 50%)")
 # {dataset: {(protocol, model): ndcg@10}}
 NDCG = {
     "demo": {
