@@ -7,12 +7,16 @@ venv behaves like `infra/test.sh`.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,9 @@ from jobs.config import load_config  # noqa: E402
 
 # A catalog small enough for Spark tests to stay quick, large enough for every code path.
 SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3)
+# The built lake's catalog: twice the items and three times the users of SMALL_DEMO, so that a ranker
+# trained on it beats its baselines by a margin the evaluation tests can see.
+BUILT_DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
 
 
 def pytest_collection_modifyitems(items):
@@ -81,6 +88,61 @@ def small_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate_demo_data(out, SMALL_DEMO)
     return out
+
+
+@dataclass(frozen=True)
+class BuiltLake:
+    """The end-to-end modules' shared lake: BUILT_DEMO ingested as of its end date with two imported
+    modalities (`taste`, `noise`: conftest's `ingest_with_taste_vectors`), fused and trained; nothing
+    evaluated or published. Read-only: a test that writes works on `copy_to(folder)`."""
+
+    root: Path
+    fusion_version: str
+    ranker_version: str
+
+    @property
+    def demo(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def ds(self):
+        return BUILT_DEMO.end_date
+
+    def copy_to(self, folder: Path):
+        """A config over a private copy of the lake (tables and artifacts: the lake is its own artifacts
+        folder). Delta tables and the artifact store keep relative paths only, so a copy is a whole lake."""
+        shutil.copytree(self.root / "lake", folder / "lake")
+        return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
+
+
+def _build_lake(spark, root: Path) -> BuiltLake:
+    from jobs.fuse import run_fuse
+    from jobs.train import run_train
+
+    generate_demo_data(root / "demo", BUILT_DEMO)
+    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
+    ingest_with_taste_vectors(spark, config, root / "demo", BUILT_DEMO.clusters, BUILT_DEMO.end_date)
+    fused = run_fuse(spark, config, BUILT_DEMO.end_date)
+    trained = run_train(spark, config, BUILT_DEMO.end_date)
+    return BuiltLake(root, fused.fusion_version, trained.version)
+
+
+@pytest.fixture(scope="session")
+def built_lake(spark, tmp_path_factory) -> BuiltLake:
+    """Built once per test run: under pytest-xdist the first process to ask builds it in the run's
+    common temporary folder while the other waits on a lock, then both read it."""
+    common = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        common = common.parent  # basetemp is <run>/popen-gw<N>: the run's folder is shared
+    root, card = common / "built-lake", common / "built-lake.json"
+    with (common / "built-lake.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not card.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            built = _build_lake(spark, root)
+            card.write_text(json.dumps({"fusion_version": built.fusion_version, "ranker": built.ranker_version}))
+        versions = json.loads(card.read_text())
+    return BuiltLake(root, versions["fusion_version"], versions["ranker"])
 
 
 def shared_path(*parts: str) -> Path:

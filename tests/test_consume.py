@@ -1,6 +1,6 @@
 """Consumers reading `recommendations`: the newest complete date, every reader agreeing, time travel.
 
-One tiny trained lake (the conftest's small demo, one imported modality) is published for two dates,
+A copy of the suite's built lake (conftest's `built_lake`, fused and trained) is published for two dates,
 the earlier one first, so the table has three versions: 0 (created empty), 1 (only EARLIER), 2 (EARLIER
 and DS). The readers in these tests are the ones the README shows; Spark's plain read of a partition
 is the reference the others are compared with.
@@ -14,33 +14,27 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import SMALL_DEMO, ingest_with_taste_vectors
+from conftest import BUILT_DEMO
 
 from jobs import lake
 from jobs.consume import format_sample, latest_ds, latest_view, published_dates, read_date, read_latest
 from jobs.schemas import RECOMMENDATIONS
 
-DS = SMALL_DEMO.end_date
+DS = BUILT_DEMO.end_date
 EARLIER = DS - dt.timedelta(days=3)
 K = 5
 
 
 @pytest.fixture(scope="module")
-def published(spark, small_demo, tmp_path_factory):
+def published(spark, built_lake, tmp_path_factory):
     """(config, table path, version holding only EARLIER, version holding both dates)."""
-    from jobs.config import load_config
     from jobs.fuse import run_fuse
     from jobs.publish import run_publish
-    from jobs.train import run_train
 
-    root = tmp_path_factory.mktemp("consume")
-    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    ingest_with_taste_vectors(spark, config, small_demo, SMALL_DEMO.clusters, DS, noise=False)
-    run_fuse(spark, config, DS)
-    trained = run_train(spark, config, DS)
+    config = built_lake.copy_to(tmp_path_factory.mktemp("consume"))
     # EARLIER gets its own item vectors; the DS model is named (a cheap stand-in for a train of EARLIER).
     run_fuse(spark, config, EARLIER)
-    earlier = run_publish(spark, config, EARLIER, k=K, model_version=trained.version)
+    earlier = run_publish(spark, config, EARLIER, k=K, model_version=built_lake.ranker_version)
     latest = run_publish(spark, config, DS, k=K)
     return config, config.table_path(RECOMMENDATIONS.name), earlier.table_version, latest.table_version
 

@@ -1,8 +1,8 @@
 """kill -9 between the writes of ingest, fuse, train and publish, then a rerun: the same tables and artifacts as a run
 that was never interrupted. And real job processes racing on one date and on two dates of one training week.
 
-One small lake (conftest's SMALL_DEMO, one imported modality) is built and run once in-process: the
-baseline. Each crash test runs a job as its own process (`python -m jobs.<stage>`) with
+A copy of the suite's built lake (conftest's `built_lake`: ingested, fused, trained), published once
+in-process: the baseline. Each crash test runs a job as its own process (`python -m jobs.<stage>`) with
 `MODALRANK_CRASH_AT` naming a crash point (`jobs.faults`: SIGKILL, no cleanup), checks what the dead run
 left, reruns the stage in-process and compares with the baseline: table rows, artifact checksums from the
 manifests, pointers. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SMALL_DEMO, ingest_with_taste_vectors
+from conftest import BUILT_DEMO, REPO_ROOT
 
 from jobs import artifacts, lake
 from jobs.config import PipelineConfig, load_config
@@ -40,7 +40,7 @@ from jobs.schemas import (
 
 pytestmark = pytest.mark.spark
 
-DS = SMALL_DEMO.end_date
+DS = BUILT_DEMO.end_date
 K = 10
 
 
@@ -83,27 +83,21 @@ def ranker_card(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def baseline(spark, small_demo, tmp_path_factory) -> Baseline:
-    from jobs.fuse import run_fuse
+def baseline(spark, built_lake, tmp_path_factory) -> Baseline:
     from jobs.publish import run_publish
     from jobs.ranker_inputs import date_pointer
-    from jobs.train import run_train
 
-    root = tmp_path_factory.mktemp("crash")
-    config = load_config(lake=str(root / "lake"), artifacts=str(root / "baseline"), shuffle_partitions=2)
-    ingest_with_taste_vectors(spark, config, small_demo, SMALL_DEMO.clusters, DS, noise=False)
-    fused = run_fuse(spark, config, DS)
-    trained = run_train(spark, config, DS)
+    config = built_lake.copy_to(tmp_path_factory.mktemp("crash"))
     run_publish(spark, config, DS, k=K)
-    folder = Path(trained.artifact)
+    ranker = config.models_dir / "ranker" / built_lake.ranker_version
     return Baseline(
         config,
-        fused.fusion_version,
-        artifacts.manifest_checksums(Path(fused.artifact)),
+        built_lake.fusion_version,
+        artifacts.manifest_checksums(config.models_dir / "fusion" / built_lake.fusion_version),
         vectors(spark, config),
-        trained.version,
-        artifacts.manifest_checksums(folder),
-        ranker_card(folder),
+        built_lake.ranker_version,
+        artifacts.manifest_checksums(ranker),
+        ranker_card(ranker),
         json.loads(date_pointer(config, DS).read_text()),
         recommendations(spark, config),
     )
@@ -179,24 +173,18 @@ def ingest_tables(spark, config) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def test_ingest_killed_between_its_commits_reruns_to_the_same_tables(spark, baseline, small_demo, tmp_path):
+def test_ingest_killed_between_its_commits_reruns_to_the_same_tables(spark, baseline, built_lake, tmp_path):
     """Killed after the catalog MERGE, before the interactions': the rerun's tables equal the baseline's."""
     from jobs.ingest import IngestRequest, run_ingest
 
     config = load_config(lake=str(tmp_path / "lake"), shuffle_partitions=2)
-    sources = (
-        "--catalog",
-        str(small_demo / "catalog.csv"),
-        "--interactions",
-        str(small_demo / "interactions.csv"),
-    )
+    demo = built_lake.demo  # the files the baseline's lake was ingested from
+    sources = ("--catalog", str(demo / "catalog.csv"), "--interactions", str(demo / "interactions.csv"))
     crash("ingest", config, "ingest.catalog_merged", *sources)
     assert lake.read_table(spark, config, CATALOG).count() > 0
     assert lake.read_table(spark, config, INTERACTIONS).count() == 0  # the commit the kill cut off
 
-    request = IngestRequest(
-        ds=DS, catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"
-    )
+    request = IngestRequest(ds=DS, catalog=demo / "catalog.csv", interactions=demo / "interactions.csv")
     run_ingest(spark, config, request)
     rerun, expected = ingest_tables(spark, config), ingest_tables(spark, baseline.config)
     assert {name: len(rows) for name, rows in rerun.items()} == {

@@ -1,6 +1,7 @@
 """Fuse, train and evaluate on a small demo lake: artifacts, tables and numbers anyone can recompute.
 
-The lake gets two imported modalities instead of extracted ones (extraction has its own tests):
+The lake is a copy of the suite's built lake (conftest's `built_lake`: fused and trained once per run). It
+has two imported modalities instead of extracted ones (extraction has its own tests):
 `taste`, a noisy vector of each item's hidden cluster from the generator's truth, and `noise`, random
 vectors. The ranker has to find the first useful and the second useless.
 """
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ingest_with_taste_vectors
+from conftest import BUILT_DEMO
 
-from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 from jobs import lake
 from jobs.evaluate import run_evaluate
 from jobs.fuse import run_fuse
@@ -25,38 +25,33 @@ from jobs.train import run_train
 
 pytestmark = pytest.mark.spark
 
-DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
-DS = DEMO.end_date
+DS = BUILT_DEMO.end_date
 
 
 @pytest.fixture(scope="module")
-def evaluated(spark, tmp_path_factory):
-    from jobs.config import load_config
-
-    root = tmp_path_factory.mktemp("evaluate")
-    generate_demo_data(root / "demo", DEMO)
-    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    ingest_with_taste_vectors(spark, config, root / "demo", DEMO.clusters, DS)
-    fused = run_fuse(spark, config, DS)
+def evaluated(spark, built_lake, tmp_path_factory):
+    config = built_lake.copy_to(tmp_path_factory.mktemp("evaluate"))
+    # Train again on the same date: it reuses the built lake's ranker, and its report carries the data facts.
     trained = run_train(spark, config, DS)
+    assert trained.reused and trained.version == built_lake.ranker_version
     report = run_evaluate(spark, config, DS, "demo")
-    return config, fused, trained, report
+    return config, built_lake.fusion_version, trained, report
 
 
 def test_item_vectors_cover_every_item_with_both_blocks(spark, evaluated):
-    config, fused, _, _ = evaluated
+    config, fusion_version, _, _ = evaluated
     vectors = lake.read_table(spark, config, ITEM_VECTORS).where(f"fused_ds = '{DS}'").toPandas()
-    assert len(vectors) == DEMO.items
+    assert len(vectors) == BUILT_DEMO.items
     assert list(vectors["layout"].iloc[0]) == ["noise", "taste"]
-    assert fused.fusion_version == vectors["fusion_version"].iloc[0]
+    assert fusion_version == vectors["fusion_version"].iloc[0]
 
 
 def test_train_saves_a_versioned_artifact_and_points_at_it(evaluated):
-    config, fused, trained, _ = evaluated
+    config, fusion_version, trained, _ = evaluated
     models = Path(config.lake) / "_models" / "ranker"
     assert json.loads((models / "current.json").read_text())["version"] == trained.version
     card = json.loads((models / trained.version / "ranker.json").read_text())
-    assert card["fusion_version"] == fused.fusion_version
+    assert card["fusion_version"] == fusion_version
     assert card["trained_ds"] == DS.isoformat()
     assert card["settings"]["inner_holdout"] == "chrono"
     assert card["all_modalities"] == ["noise", "taste"]
