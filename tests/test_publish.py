@@ -20,17 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ingest_with_taste_vectors
+from conftest import BUILT_DEMO, ingest_with_taste_vectors
 
-from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 from jobs import lake
 from jobs.publish import run_publish
 from jobs.publish_gate import PublishGateError, check_lists
 from jobs.schemas import CATALOG, INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.serving import user_blocks
 
-DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
-DS = DEMO.end_date
+DS = BUILT_DEMO.end_date
 EARLIER = DS - dt.timedelta(days=7)
 K = 10
 
@@ -194,18 +192,13 @@ def test_drift_limits_fail_only_when_set(spark, gate_inputs):
 
 
 @pytest.fixture(scope="module")
-def trained_lake(spark, tmp_path_factory):
-    """The demo lake of test_train_evaluate.py (a `taste` and a `noise` modality), trained as of DS."""
-    from jobs.config import load_config
-    from jobs.fuse import run_fuse
+def trained_lake(spark, built_lake, tmp_path_factory):
+    """A copy of the suite's built lake (a `taste` and a `noise` modality), fused and trained as of DS."""
     from jobs.train import run_train
 
-    root = tmp_path_factory.mktemp("publish")
-    generate_demo_data(root / "demo", DEMO)
-    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    ingest_with_taste_vectors(spark, config, root / "demo", DEMO.clusters, DS)
-    run_fuse(spark, config, DS)
-    trained = run_train(spark, config, DS)
+    config = built_lake.copy_to(tmp_path_factory.mktemp("publish"))
+    trained = run_train(spark, config, DS)  # reuses the built lake's ranker; its report names it
+    assert trained.reused and trained.version == built_lake.ranker_version
     return config, trained
 
 
@@ -376,7 +369,7 @@ def test_without_a_trained_ranker_the_job_says_to_train_first(lake_config):
 
 
 @pytest.mark.spark
-def test_a_uri_lake_with_its_own_artifacts_folder_publishes_the_same_lists(spark, published, capsys):
+def test_a_uri_lake_with_its_own_artifacts_folder_publishes_the_same_lists(spark, published, built_lake, capsys):
     """The shape of an s3a:// or hdfs:// deployment on one machine: the tables at a file:// URI (every
     Spark, Hadoop and delta-rs access goes through the URI, none through a local path), models and
     reports in a separate folder. Same data and date as the plain local lake above: same lists."""
@@ -393,7 +386,7 @@ def test_a_uri_lake_with_its_own_artifacts_folder_publishes_the_same_lists(spark
     lake_folder, artifacts = root / "lake", root / "artifacts"
     config = load_config(lake=lake_folder.as_uri(), artifacts=str(artifacts), shuffle_partitions=2)
     assert config.lake.startswith("file:///")
-    ingest_with_taste_vectors(spark, config, Path(local_config.lake).parent / "demo", DEMO.clusters, DS)
+    ingest_with_taste_vectors(spark, config, built_lake.demo, BUILT_DEMO.clusters, DS)
     run_fuse(spark, config, DS)
     trained = run_train(spark, config, DS)
     report = run_publish(spark, config, DS, k=K)
