@@ -28,14 +28,7 @@ overviews), `media_folders` (posters, audio, video); beside them `canonical` (th
 Import from `jobs.sources`: the names below are its interface.
 """
 
-from jobs.sources.canonical import (
-    INTERACTION_FIELDS,
-    ITEM_FIELDS,
-    META_FIELDS,
-    Extra,
-    RawSource,
-    SourceError,
-)
+from jobs.sources.canonical import INTERACTION_FIELDS, ITEM_FIELDS, META_FIELDS, Extra, RawSource, SourceError
 from jobs.sources.csv_records import MAX_RECORD_LINES, UNTERMINATED_QUOTE, CsvRecord, CsvScan, assemble_csv_records
 from jobs.sources.files import read_csv_with_header, read_delimited, read_table_file, read_text_lines
 from jobs.sources.generic import read_generic, read_overviews
