@@ -95,7 +95,7 @@ def apply_extras(
     item_ids = items.select("item_id")
     rejects, checked_extras = [], []
     for extra in extras:
-        # Computed once (see `settled`): the join below, the quarantine and the counts all read it.
+        # Computed once (see `jobs.frames.settled`): the join below, the quarantine and the counts all read it.
         checked = settled(validate_extra(extra, item_ids))
         checked_extras.append((extra.kind, checked))
         rejects.append(quarantine_rows(checked, item_id=F.col("item_id")))
