@@ -1,5 +1,5 @@
 """What a fusion is fitted on, and the fit: the modalities with a feature table in the lake, their
-`ok` vectors as of a date, the one extractor behind each (`ModalityInput`), the deterministic fit
+`ok` vectors as of a date, the one extractor behind each (`ModalityVectors`), the deterministic fit
 sample and its digest, and the projections fitted on the driver (`features.fusion` does the maths)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True)
-class ModalityInput:
+class ModalityVectors:
     """What a modality's `ok` vectors are made by: the part of the lake a fusion artifact depends on."""
 
     modality: str
@@ -89,7 +89,7 @@ def ok_vectors(spark: SparkSession, config: PipelineConfig, modality: str, catal
                      "extractor_version", "dim", "vector")  # fmt: skip
 
 
-def describe_modality(ok: DataFrame, modality: str) -> ModalityInput:
+def describe_modality(ok: DataFrame, modality: str) -> ModalityVectors:
     """The one extractor (name, version, dim) behind the modality's ok vectors, and how many there are.
 
     Vectors of two extractor versions in one table are not comparable (a re-extraction did not finish
@@ -97,7 +97,7 @@ def describe_modality(ok: DataFrame, modality: str) -> ModalityInput:
     """
     groups = ok.groupBy("extractor", "extractor_version", "dim").count().collect()
     if not groups:
-        return ModalityInput(modality, None, None, None, 0)
+        return ModalityVectors(modality, None, None, None, 0)
     if len(groups) > 1:
         found = ", ".join(
             f"{g['extractor']} {g['extractor_version']} dim {g['dim']}: {g['count']}" for g in groups
@@ -107,7 +107,7 @@ def describe_modality(ok: DataFrame, modality: str) -> ModalityInput:
             f"rerun extract for {modality} first"
         )
     group = groups[0]
-    return ModalityInput(modality, group["extractor"], group["extractor_version"], group["dim"], group["count"])
+    return ModalityVectors(modality, group["extractor"], group["extractor_version"], group["dim"], group["count"])
 
 
 def fit_sample(ok: DataFrame, ok_items: int, max_items: int) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -143,7 +143,7 @@ def fit_set_of(ok: DataFrame, ok_items: int, max_items: int) -> str:
 
 
 def fit_fusion(
-    inputs: list[ModalityInput],
+    inputs: list[ModalityVectors],
     fit_ok: dict[str, DataFrame],
     key: dict,
     ds: dt.date,
