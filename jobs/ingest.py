@@ -47,6 +47,7 @@ from jobs.catalog_merge import (
     text_hash,
 )
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.dataframes import settled, union_by_name
 from jobs.deferred import (
     EVENT_RECORD,
     ITEM_RECORD,
@@ -58,7 +59,6 @@ from jobs.deferred import (
     to_deferred_rows,
 )
 from jobs.faults import crash_point
-from jobs.frames import settled, union_by_name
 from jobs.ingest_report import STAGE, IngestReport, log_report, sum_accounts, write_report
 from jobs.ingest_rules import apply_extras, validate_interactions, validate_items
 from jobs.input_accounts import CARRIED, SOURCE, account_inputs, check_accounts

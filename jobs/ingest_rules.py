@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from jobs import sources
 from jobs.catalog_merge import INTERACTION_KEY
-from jobs.frames import settled
+from jobs.dataframes import settled
 from jobs.schemas import MEDIA_KINDS
 from jobs.sources import Extra
 from jobs.validation import UNDECODABLE, blank, first_reason, keep_first, parse_id, quarantine_rows, undecodable
@@ -95,7 +95,7 @@ def apply_extras(
     item_ids = items.select("item_id")
     rejects, checked_extras = [], []
     for extra in extras:
-        # Computed once (see `jobs.frames.settled`): the join below, the quarantine and the counts all read it.
+        # Computed once (see `jobs.dataframes.settled`): the join below, the quarantine and the counts all read it.
         checked = settled(validate_extra(extra, item_ids))
         checked_extras.append((extra.kind, checked))
         rejects.append(quarantine_rows(checked, item_id=F.col("item_id")))

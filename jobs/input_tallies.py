@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.frames import union_by_name
+from jobs.dataframes import union_by_name
 
 MEASURES = ("lines", "lines_in_rows", "rows", "ingested", "deferred", "quarantined", "superseded")
 
