@@ -30,48 +30,31 @@ Run by the DAG through spark-submit, by `modalrank extract`, or by hand:
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import artifacts, decode_sandbox, lake, lease, media_files
 from jobs.arguments import add_boolean_flag
 from jobs.asof import catalog_as_of
-from jobs.config import PipelineConfig, add_run_arguments, configure_logging, load_run_config
-from jobs.decode_sandbox import DecodeLimits, DecodeSandbox
+from jobs.config import PipelineConfig, add_run_arguments, load_run_config
+from jobs.decode_sandbox import DecodeLimits
+from jobs.extract_worker import extract_partition
 from jobs.faults import crash_point
+from jobs.modality_inputs import MODALITY_INPUTS
+from jobs.modality_inputs import extractor_inputs as extractor_inputs  # re-exported: importers use jobs.extract
 from jobs.progress import stage_progress
 from jobs.schemas import QUARANTINE, features_table
 from jobs.spark import job_main, spark_session, threads_per_task
 
 log = logging.getLogger("modalrank.extract")
 
-
-@dataclass(frozen=True)
-class ModalityInput:
-    """Where a modality's input lives in the catalog, and how big its model batches are."""
-
-    hash_column: str
-    path_column: str | None  # None: the input is the item's text
-    batch_size: int
-
-
-MODALITY_INPUTS = {
-    "text": ModalityInput("text_hash", None, 64),
-    "image": ModalityInput("poster_hash", "poster_path", 32),
-    "audio": ModalityInput("audio_hash", "audio_path", 16),
-    "video": ModalityInput("video_hash", "video_path", 8),
-}
 
 # Failure reasons retried on the next run even when nothing changed: the file, the machine or the clock
 # was the problem, not the bytes. "decoder crashed (signal 9)" is a SIGKILL from outside (the kernel's
@@ -110,123 +93,6 @@ class ExtractReport:
     @property
     def items_per_second(self) -> float:
         return self.inferences / self.extract_seconds if self.extract_seconds else 0.0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Worker side: runs in Spark's Python workers, once per partition
-
-
-_worker_extractors: dict[str, object] = {}
-
-
-def _worker_extractor(modality: str, threads: int):
-    """The modality's extractor, built once per Python worker process and reused by every task."""
-    from features.models import limit_threads
-    from features.registry import make_extractor
-
-    limit_threads(threads)
-    if modality not in _worker_extractors:
-        extractor = make_extractor(modality)
-        if hasattr(extractor, "warm_up"):
-            with _one_warm_up_at_a_time():
-                extractor.warm_up()
-        _worker_extractors[modality] = extractor
-    return _worker_extractors[modality]
-
-
-@contextmanager
-def _one_warm_up_at_a_time() -> Iterator[None]:
-    """An exclusive lock shared by every worker process on this machine.
-
-    librosa's first call JIT-compiles with numba and writes numba's on-disk cache; two workers
-    compiling the same function at once can leave an index that points at the other's machine code,
-    after which every process that loads it crashes (seen here: a segfault in `localmax`). Warming
-    up one process at a time means the first compiles and writes, the others then only read.
-    """
-    import fcntl
-    import tempfile
-
-    with open(Path(tempfile.gettempdir()) / "modalrank-warm-up.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-_worker_sandboxes: dict[str, DecodeSandbox] = {}
-
-
-def _worker_sandbox(modality: str, limits: DecodeLimits) -> DecodeSandbox:
-    """The modality's decode child of this Python worker, started once and reused by every task."""
-    sandbox = _worker_sandboxes.get(modality)
-    if sandbox is None or sandbox.limits != limits:
-        if sandbox is not None:
-            sandbox.close()
-        if not _worker_sandboxes:
-            atexit.register(_close_sandboxes)
-        sandbox = _worker_sandboxes[modality] = DecodeSandbox(modality, limits)
-    return sandbox
-
-
-def _close_sandboxes() -> None:
-    for sandbox in _worker_sandboxes.values():
-        sandbox.close()
-
-
-def extractor_inputs(
-    modality: str, items: pd.DataFrame, max_bytes: int = PipelineConfig.max_media_bytes
-) -> list[bytes | str]:
-    """What the extractor sees for each row: the composed text, or the media file's bytes (or why not).
-
-    `items` has the catalog's title, overview, genres and tags, and the modality's file as `path`.
-    """
-    if MODALITY_INPUTS[modality].path_column is None:
-        from features.text import compose_item_text
-
-        return [
-            compose_item_text(row.title, row.overview, list(row.genres), list(row.tags))
-            for row in items.itertuples()
-        ]
-    return [media_files.read_media_file(path, max_bytes) for path in items["path"]]
-
-
-def _decode_in(sandbox: DecodeSandbox):
-    """The sandbox's decode as an extractor's `decode`: decoded arrays, or a failed `Extraction`."""
-    from features.base import Extraction
-
-    def decode(path: str) -> object:
-        decoded, reason = sandbox.decode(path)
-        return Extraction.failed(reason) if reason is not None else decoded
-
-    return decode
-
-
-def extract_partition(modality: str, threads: int, limits: DecodeLimits):
-    """The mapInPandas function: work rows in, one result row per item out."""
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        # Workers are separate processes: their log lines reach the executor's stderr only if asked.
-        configure_logging()
-        extractor = _worker_extractor(modality, threads)
-        sandbox = None if modality == "text" else _worker_sandbox(modality, limits)
-        started, done = time.monotonic(), 0
-        for batch in batches:
-            if sandbox is None:
-                results = extractor.extract_batch(extractor_inputs(modality, batch))
-            else:
-                results = extractor.decode_then_extract(list(batch["path"]), decode=_decode_in(sandbox))
-            rows = []
-            for item_id, result in zip(batch["item_id"], results, strict=True):
-                if result.ok:
-                    rows.append((item_id, result.vector, len(result.vector), "ok", None, 1))
-                else:  # unreadable, refused by the sandbox's limits, or by the extractor's checks
-                    rows.append((item_id, None, None, "failed", result.error, 0))
-            done += len(rows)
-            log.info("%s worker: %d items (%.1f items/s)", modality, done, done / (time.monotonic() - started))
-            yield pd.DataFrame(rows, columns=["item_id", "vector", "dim", "status", "error", "inferences"])
-
-    return run
 
 
 # ---------------------------------------------------------------------------------------------------

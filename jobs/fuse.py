@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
-import json
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,25 +41,24 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.fusion import METHOD, Fusion, fit_projection
+from features.fusion import METHOD, Fusion
 from jobs import artifacts, lake, lease
 from jobs.arguments import add_boolean_flag, modality_name
-from jobs.artifacts import build_artifact
 from jobs.asof import catalog_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
+from jobs.fusion_artifacts import date_pointer, matching_artifact, models_dir, save_artifact
+from jobs.fusion_artifacts import fit_set_digest as fit_set_digest  # re-exported: importers use jobs.fuse
+from jobs.fusion_artifacts import fusion_version as fusion_version  # re-exported: importers use jobs.fuse
+from jobs.fusion_fit import describe_modality, feature_modalities, fit_fusion, fit_set_of, ok_vectors
 from jobs.progress import stage_progress
-from jobs.schemas import ITEM_VECTORS, features_table
+from jobs.schemas import ITEM_VECTORS
 from jobs.spark import job_main, spark_session
 
 log = logging.getLogger("modalrank.fuse")
 
 DEFAULT_BLOCK_DIM = 64
 DEFAULT_MAX_FIT_ITEMS = 20_000
-MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-ARTIFACT_FILE = "projections.safetensors"
-META_FILE = "fusion.json"
-POINTER_FILE = "current.json"
 
 _FUSED_SCHEMA = "item_id long, vector array<float>, mask array<boolean>, modalities array<string>"
 
@@ -92,212 +88,6 @@ class FuseReport:
     @property
     def reused(self) -> bool:
         return self.projections == "reused"
-
-
-@dataclass(frozen=True)
-class ModalityInput:
-    """What a modality's `ok` vectors are made by: the part of the lake a fusion artifact depends on."""
-
-    modality: str
-    extractor: str | None  # None: the table has no ok vector
-    extractor_version: str | None
-    dim: int | None
-    ok_items: int
-
-    @property
-    def fittable(self) -> bool:
-        return self.ok_items >= 2
-
-    def key(self) -> dict[str, object]:
-        # `fittable` too: a modality skipped for want of vectors is fitted once it has them.
-        return {
-            "extractor": self.extractor,
-            "extractor_version": self.extractor_version,
-            "dim": self.dim,
-            "fittable": self.fittable,
-        }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The lake: which modalities there are, and what they hold
-
-
-def feature_modalities(spark: SparkSession, config: PipelineConfig) -> list[str]:
-    """The modalities with a feature table in the lake, sorted: `features_<name>` folders with a Delta log.
-
-    Listed through Hadoop's FileSystem, so an s3a:// or hdfs:// lake is listed like a local folder.
-    """
-    jvm = spark._jvm
-    root = jvm.org.apache.hadoop.fs.Path(config.lake)
-    fs = root.getFileSystem(spark._jsc.hadoopConfiguration())
-    if not fs.exists(root):
-        return []
-    modalities = []
-    for status in fs.listStatus(root):
-        name = status.getPath().getName()
-        if not (status.isDirectory() and name.startswith("features_")):
-            continue
-        modality = name.removeprefix("features_")
-        if not MODALITY_NAME.match(modality):
-            log.warning("ignoring %s: not a modality name", name)
-        elif fs.exists(jvm.org.apache.hadoop.fs.Path(status.getPath(), "_delta_log")):
-            modalities.append(modality)
-    return sorted(modalities)
-
-
-def ok_vectors(spark: SparkSession, config: PipelineConfig, modality: str, catalog: DataFrame) -> DataFrame:
-    """The modality's ok vectors of the items in `catalog` (the catalog as of a date), each at the content
-    version `catalog` holds: a built-in modality's row whose content hash is the item's, an imported
-    modality's one row per item (imported files are not dated)."""
-    from jobs.extract import MODALITY_INPUTS
-
-    ok = lake.read_table(spark, config, features_table(modality)).where(
-        (F.col("status") == "ok") & F.col("vector").isNotNull()
-    )
-    if modality in MODALITY_INPUTS:
-        as_of = catalog.select("item_id", F.col(MODALITY_INPUTS[modality].hash_column).alias("content_hash"))
-        ok = ok.join(as_of, ["item_id", "content_hash"], "left_semi")
-    else:
-        ok = ok.join(catalog.select("item_id"), "item_id", "left_semi")
-    return ok.select("item_id", F.coalesce("content_hash", F.lit("")).alias("content_hash"), "extractor",
-                     "extractor_version", "dim", "vector")  # fmt: skip
-
-
-def describe_modality(ok: DataFrame, modality: str) -> ModalityInput:
-    """The one extractor (name, version, dim) behind the modality's ok vectors, and how many there are.
-
-    Vectors of two extractor versions in one table are not comparable (a re-extraction did not finish
-    or a table was edited by hand): fusing them would be silently wrong, so it is an error.
-    """
-    groups = ok.groupBy("extractor", "extractor_version", "dim").count().collect()
-    if not groups:
-        return ModalityInput(modality, None, None, None, 0)
-    if len(groups) > 1:
-        found = ", ".join(
-            f"{g['extractor']} {g['extractor_version']} dim {g['dim']}: {g['count']}" for g in groups
-        )
-        raise ValueError(
-            f"features_{modality} holds ok vectors of more than one extractor version or dim ({found}); "
-            f"rerun extract for {modality} first"
-        )
-    group = groups[0]
-    return ModalityInput(modality, group["extractor"], group["extractor_version"], group["dim"], group["count"])
-
-
-def fit_sample(ok: DataFrame, ok_items: int, max_items: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(item ids, content hashes, n × dim vectors) of at most `max_items` ok rows, sorted by item id.
-
-    Above `max_items`, the sample is the items with the smallest hash of their id: the same lake gives
-    the same sample, and a growing catalog changes it only at the margin.
-    """
-    table = fit_rows(ok, ok_items, max_items).select("item_id", "content_hash", "vector").toArrow()
-    ids = table.column("item_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    vectors = table.column("vector").combine_chunks()
-    dim = len(vectors[0]) if len(vectors) else 0
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), dim)
-    hashes = table.column("content_hash").to_pylist()
-    return ids[order], [hashes[i] for i in order], matrix[order]
-
-
-def fit_rows(ok: DataFrame, ok_items: int, max_items: int) -> DataFrame:
-    """The ok rows a projection is fitted on (see `fit_sample`)."""
-    if ok_items > max_items:
-        return ok.orderBy(F.xxhash64("item_id"), "item_id").limit(max_items)
-    return ok
-
-
-def fit_set_of(ok: DataFrame, ok_items: int, max_items: int) -> str:
-    """The digest of the fit set `fit_sample` would collect, from ids and hashes alone (no vectors)."""
-    table = fit_rows(ok, ok_items, max_items).select("item_id", "content_hash").toArrow()
-    ids = table.column("item_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    hashes = table.column("content_hash").to_pylist()
-    return fit_set_digest(ids[order], [hashes[i] for i in order])
-
-
-def fit_set_digest(item_ids: np.ndarray, content_hashes: list[str]) -> str:
-    """sha256 of the fit set: which items, at which content. Same set, same projection."""
-    digest = hashlib.sha256()
-    for item_id, content_hash in zip(item_ids.tolist(), content_hashes, strict=True):
-        digest.update(f"{item_id}:{content_hash}\n".encode())
-    return digest.hexdigest()
-
-
-def fusion_version(key: dict, layout: list[str], block_dims: list[int], fit_sets: dict[str, str]) -> str:
-    """Short sha256 of everything that decides how the same features fuse."""
-    payload = {"key": key, "layout": layout, "block_dims": block_dims, "fit_sets": fit_sets}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The artifact: <artifacts>/_models/fusion/<fusion_version>/ and the current.json pointer
-
-
-def models_dir(config: PipelineConfig) -> Path:
-    """Where fusion artifacts live: in the artifacts folder, a local or mounted one even when the lake is an
-    s3a:// or hdfs:// URI, because they are written with plain file operations (an atomic rename makes the
-    pointer move at once, which an object store does not offer)."""
-    return config.models_dir / "fusion"
-
-
-def save_artifact(folder: Path, fusion: Fusion, meta: dict) -> None:
-    """The projections and their description as one artifact folder (`jobs.artifacts`: built aside,
-    manifest last, renamed whole), then the pointer: a crash before the pointer leaves the old one.
-
-    `current.json` names the artifact fitted as of the newest date so far (for people; stages choose by
-    what an artifact was fitted on, see `matching_artifact`): an older date fitted later does not move it
-    back. The comparison and the write happen under the pointer's lock.
-    """
-    target = folder / meta["fusion_version"]
-
-    def write(temporary: Path) -> None:
-        fusion.save(temporary / ARTIFACT_FILE)
-        (temporary / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-    build_artifact(
-        target, write, {"kind": "fusion", "version": meta["fusion_version"]}, crash_prefix="fuse.projections"
-    )
-    crash_point("fuse.artifact_saved")
-
-    def is_not_newer(current: dict | None) -> bool:
-        fitted = _fitted_ds(folder, current)
-        return fitted is None or fitted <= meta["fitted_ds"]
-
-    artifacts.update_pointer(
-        folder / POINTER_FILE, {"fusion_version": meta["fusion_version"]}, replaces=is_not_newer
-    )
-
-
-def _fitted_ds(folder: Path, pointer: dict | None) -> str | None:
-    """The date the artifact a pointer names was fitted as of, or None (no pointer, or it does not verify)."""
-    if pointer is None or not artifacts.is_verified(folder / pointer["fusion_version"], "comparison"):
-        return None
-    return json.loads((folder / pointer["fusion_version"] / META_FILE).read_text()).get("fitted_ds")
-
-
-def matching_artifact(folder: Path, key: dict, fit_sets: dict[str, str]) -> tuple[Fusion, dict] | None:
-    """A saved, verified artifact fitted with `key` on exactly `fit_sets` (modality → fit-set digest), or None.
-
-    Chosen by what it was fitted on, never by which date ran last: the same fit set as of a date gives
-    the same artifact whatever else the lake has seen since. A folder that does not verify against its
-    manifest (a crash, a foreign file) is never used: the fit runs again and replaces it.
-    """
-    if not folder.is_dir():
-        return None
-    for target in sorted(path for path in folder.iterdir() if (path / META_FILE).is_file()):
-        meta = json.loads((target / META_FILE).read_text())
-        if meta.get("key") != key or meta.get("fit_sets_sha256") != fit_sets:
-            continue
-        if not artifacts.is_verified(target, "reuse"):  # logs what is wrong with it
-            continue
-        return Fusion.load(meta["layout"], target / ARTIFACT_FILE), meta
-    return None
-
-
-def date_pointer(config: PipelineConfig, ds: dt.date) -> Path:
-    """`_models/fusion/by_ds/<ds>.json`: the fusion that fused run date `ds`, and the date it was fitted as of."""
-    return models_dir(config) / "by_ds" / f"{ds.isoformat()}.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,67 +122,6 @@ def fuse_partition(fusion: Fusion, columns: list[str]):
 
 # ---------------------------------------------------------------------------------------------------
 # Driver side
-
-
-def fit_fusion(
-    inputs: list[ModalityInput],
-    fit_ok: dict[str, DataFrame],
-    key: dict,
-    ds: dt.date,
-    block_dim: int,
-    max_fit_items: int,
-    fit_sets_sha256: dict[str, str],
-) -> tuple[Fusion, dict]:
-    """Fit every usable modality's projection on the driver from its ok vectors (`fit_ok`, as of `ds`)
-    and the fit sets they were chosen by (`fit_set_of`); the artifact's description beside it."""
-    projections, modalities, fit_sets, skipped = {}, {}, {}, {}
-    for spec in inputs:
-        if not spec.fittable:
-            skipped[spec.modality] = f"{spec.ok_items} ok vectors (a fit needs 2)"
-            log.warning("fuse: skipping %s: %s", spec.modality, skipped[spec.modality])
-            continue
-        started = time.monotonic()
-        ids, _, matrix = fit_sample(fit_ok[spec.modality], spec.ok_items, max_fit_items)
-        collected = time.monotonic()
-        projection = fit_projection(matrix, block_dim)
-        if projection.k == 0:
-            skipped[spec.modality] = f"its {len(ids)} fit vectors do not vary"
-            log.warning("fuse: skipping %s: %s", spec.modality, skipped[spec.modality])
-            continue
-        projections[spec.modality] = projection
-        fit_sets[spec.modality] = fit_sets_sha256[spec.modality]
-        modalities[spec.modality] = spec.key() | {
-            "block_dim": projection.k,
-            "fit_items": len(ids),
-            "ok_items": spec.ok_items,
-            "explained_variance": round(projection.explained_variance, 4),
-            "fit_set_sha256": fit_sets[spec.modality],
-        }
-        log.info(
-            "fuse: fitted %s on %d of %d ok vectors: %d -> %d dims, %.0f%% of the variance kept "
-            "(%.1f s collecting, %.1f s fitting)",
-            spec.modality, len(ids), spec.ok_items, spec.dim, projection.k, 100 * projection.explained_variance,
-            collected - started, time.monotonic() - collected,
-        )  # fmt: skip
-    if not projections:
-        raise ValueError(f"nothing to fuse: no modality has vectors to fit ({skipped or 'no features_* tables'})")
-    layout = sorted(projections)
-    fusion = Fusion(tuple(layout), projections)
-    version = fusion_version(key, layout, fusion.block_dims, fit_sets)
-    meta = {
-        "fusion_version": version,
-        "method": METHOD,
-        "key": key,
-        "layout": layout,
-        "block_dims": fusion.block_dims,
-        "modalities": modalities,
-        "skipped": skipped,
-        "max_fit_items": max_fit_items,
-        "fit_sets_sha256": fit_sets_sha256,
-        "fitted_ds": ds.isoformat(),
-        "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    return fusion, meta
 
 
 # The lease of `ds` and of its training date, whose projection and vectors a fuse may write (`jobs.asof`).

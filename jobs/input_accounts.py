@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 
 # The per-input table's columns, in the ingest report and in the run report alike.
 INPUT_COLUMNS = ("input", "kind", "origin", "lines", "rows", "ingested", "deferred", "quarantined", "superseded")
+# Where an input's rows came from: the file read this run, or the deferred table.
+SOURCE, CARRIED = "source", "deferred"
 
 
 @dataclass
@@ -53,3 +55,27 @@ def input_row(account: InputAccount | dict) -> tuple:
     """One input's cells in INPUT_COLUMNS order."""
     values = asdict(account) if isinstance(account, InputAccount) else account
     return tuple(values.get(column, "") for column in INPUT_COLUMNS)
+
+
+class IngestAccountingError(RuntimeError):
+    """Some input's rows do not add up: a reader or a join lost or duplicated rows. Nothing was written."""
+
+
+def account_inputs(tallies: list) -> list[InputAccount]:
+    """InputAccounts from (kind, origin, input, measure, n) rows, sources first, then by kind and input."""
+    accounts: dict[tuple[str, str, str], InputAccount] = {}
+    for row in tallies:
+        key = (row["origin"], row["kind"], row["input"])
+        account = accounts.setdefault(key, InputAccount(row["input"], row["kind"], row["origin"]))
+        setattr(account, row["measure"], getattr(account, row["measure"]) + int(row["n"] or 0))
+    order = {SOURCE: 0, CARRIED: 1}
+    return sorted(accounts.values(), key=lambda a: (order.get(a.origin, 2), a.kind, a.input))
+
+
+def check_accounts(accounts: list[InputAccount]) -> None:
+    """Raises IngestAccountingError naming every input whose rows do not add up."""
+    problems = [f"{a.kind} {a.input} ({a.origin}): {p}" for a in accounts for p in a.problems()]
+    if problems:
+        raise IngestAccountingError(
+            "ingest would lose or invent rows, so it wrote nothing: " + "; ".join(problems)
+        )

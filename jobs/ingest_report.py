@@ -1,0 +1,143 @@
+"""Ingest's report: what became of the run's rows (`IngestReport`), written as
+`<artifacts>/_reports/<ds>/ingest.json` and `ingest.md`, and summed up in the job's log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jobs import artifacts
+from jobs.config import PipelineConfig
+from jobs.input_accounts import INPUT_COLUMNS, InputAccount, input_row
+
+log = logging.getLogger("modalrank.ingest")
+
+STAGE = "ingest"
+
+
+@dataclass
+class IngestReport:
+    ds: str
+    source: str
+    # Per kind, summed over `inputs`: read = ingested (new + changed + unchanged) + deferred + quarantined
+    # + superseded. "read" counts rows from the source files and rows taken from `deferred`.
+    items_read: int = 0
+    items_new: int = 0
+    items_changed: int = 0
+    items_unchanged: int = 0
+    items_deferred: int = 0
+    items_quarantined: int = 0
+    items_superseded: int = 0
+    interactions_read: int = 0
+    interactions_new: int = 0
+    interactions_changed: int = 0
+    interactions_unchanged: int = 0
+    interactions_deferred: int = 0
+    interactions_quarantined: int = 0
+    interactions_superseded: int = 0
+    extras_read: dict[str, int] = field(default_factory=dict)
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    catalog_rows: int = 0
+    interactions_rows: int = 0
+    deferred_rows: int = 0  # rows waiting in `deferred` after the run, all dates
+    inputs: list[InputAccount] = field(default_factory=list)  # one per input file (and per origin)
+    seconds: float = 0.0
+
+    @property
+    def items_ingested(self) -> int:
+        return self.items_new + self.items_changed + self.items_unchanged
+
+    @property
+    def interactions_ingested(self) -> int:
+        return self.interactions_new + self.interactions_changed + self.interactions_unchanged
+
+
+def sum_accounts(report: IngestReport) -> None:
+    """The report's per-kind totals, summed over its inputs (the source's and the deferred table's)."""
+    for kind in ("items", "interactions"):
+        chosen = [a for a in report.inputs if a.kind == kind]
+        for measure in ("rows", "deferred", "quarantined", "superseded"):
+            name = f"{kind}_{'read' if measure == 'rows' else measure}"
+            setattr(report, name, sum(getattr(a, measure) for a in chosen))
+    report.extras_read = {}
+    for account in report.inputs:
+        if account.kind not in ("items", "interactions"):
+            report.extras_read[account.kind] = report.extras_read.get(account.kind, 0) + account.rows
+
+
+def write_report(config: PipelineConfig, report: IngestReport) -> Path:
+    """`<artifacts>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
+    folder = config.reports_dir / report.ds
+    payload = asdict(report) | {
+        "items_ingested": report.items_ingested,
+        "interactions_ingested": report.interactions_ingested,
+    }
+    artifacts.write_text(folder / "ingest.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    lines = [
+        f"# Ingest report — run date {report.ds}",
+        "",
+        f"Source: `{report.source}`. Took {report.seconds} s.",
+        "",
+        "| | read | new | changed | unchanged | deferred (not due by run date) | quarantined | superseded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| items | {report.items_read} | {report.items_new} | {report.items_changed} | "
+        f"{report.items_unchanged} | {report.items_deferred} | {report.items_quarantined} | "
+        f"{report.items_superseded} |",
+        f"| interactions | {report.interactions_read} | {report.interactions_new} | "
+        f"{report.interactions_changed} | {report.interactions_unchanged} | "
+        f"{report.interactions_deferred} | {report.interactions_quarantined} | {report.interactions_superseded} |",
+        "",
+        f"Tables after the run: catalog {report.catalog_rows} rows, interactions {report.interactions_rows} rows, "
+        f"deferred {report.deferred_rows} rows.",
+        "",
+        "Extra inputs read (rows): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(report.extras_read.items())) or "none"),
+        "",
+        "## Every input: rows read = ingested + deferred + quarantined + superseded",
+        "",
+        "Lines are the input's physical records, counted before parsing (non-blank lines after a CSV's "
+        "header, Parquet rows, media files, rows due in `deferred`); every one of them is in some row.",
+        "",
+        "| " + " | ".join(INPUT_COLUMNS) + " |",
+        "|---|---|---|" + "---:|" * (len(INPUT_COLUMNS) - 3),
+        *("| " + " | ".join(str(cell) for cell in input_row(account)) + " |" for account in report.inputs),
+        "",
+        "## Quarantined rows by reason",
+        "",
+    ]
+    if report.quarantine_by_reason:
+        lines += ["| reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {n} |" for reason, n in sorted(report.quarantine_by_reason.items())]
+        lines += [
+            "",
+            f"Query them: ``SELECT * FROM delta.`{config.table_path('quarantine')}` "
+            f"WHERE ds = '{report.ds}' AND stage = '{STAGE}'``",
+        ]
+    else:
+        lines.append("None.")
+    artifacts.write_text(folder / "ingest.md", "\n".join(lines) + "\n")
+    return folder / "ingest.md"
+
+
+def log_report(report: IngestReport) -> None:
+    log.info(
+        "items: read %d, ingested %d (new %d, changed %d, unchanged %d), deferred %d, quarantined %d",
+        report.items_read, report.items_ingested, report.items_new, report.items_changed,
+        report.items_unchanged, report.items_deferred, report.items_quarantined,
+    )  # fmt: skip
+    log.info(
+        "interactions: read %d, ingested %d (new %d, changed %d, unchanged %d), deferred %d, quarantined %d",
+        report.interactions_read, report.interactions_ingested, report.interactions_new,
+        report.interactions_changed, report.interactions_unchanged, report.interactions_deferred,
+        report.interactions_quarantined,
+    )  # fmt: skip
+    for a in report.inputs:
+        log.info(
+            "%s %s (%s): %d lines, %d rows = ingested %d + deferred %d + quarantined %d + superseded %d",
+            a.kind, a.input, a.origin, a.lines, a.rows, a.ingested, a.deferred, a.quarantined, a.superseded,
+        )  # fmt: skip
+    for reason, n in sorted(report.quarantine_by_reason.items()):
+        log.info("quarantined %d: %s", n, reason)
+    log.info("ingest done in %.1f s", report.seconds)
