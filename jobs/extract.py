@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import artifacts, decode_sandbox, lake, lease, media_files
+from jobs import decode_sandbox, lake, lease, media_files
 from jobs.arguments import add_boolean_flag
 from jobs.asof import catalog_as_of
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
@@ -50,6 +49,7 @@ from jobs.faults import crash_point
 from jobs.modality_inputs import MODALITY_INPUTS
 from jobs.modality_inputs import extractor_inputs as extractor_inputs  # re-exported: importers use jobs.extract
 from jobs.progress import stage_progress
+from jobs.reports import Report, write_report
 from jobs.schemas import QUARANTINE, features_table
 from jobs.spark import job_main, spark_session, threads_per_task
 
@@ -74,7 +74,9 @@ _RESULT_SCHEMA = "item_id long, vector array<float>, dim int, status string, err
 
 
 @dataclass
-class ExtractReport:
+class ExtractReport(Report):
+    template = "extract"
+
     ds: str
     modality: str
     extractor: str
@@ -93,6 +95,9 @@ class ExtractReport:
     @property
     def items_per_second(self) -> float:
         return self.inferences / self.extract_seconds if self.extract_seconds else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return super().to_json() | {"items_per_second": round(self.items_per_second, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,7 +173,7 @@ def run_extract(
     )  # fmt: skip
     if n_stale == 0:  # nothing changed: no model, no commit, and the date's quarantine rows stay
         report.seconds = round(time.monotonic() - started, 1)
-        write_report(config, report)
+        write_report(config, report.ds, f"extract_{report.modality}", report)
         return report
 
     extract_started = time.monotonic()
@@ -207,7 +212,7 @@ def run_extract(
     _quarantine_failures(spark, config, modality, ds, features.toDF(), catalog)
     report.extracted = report.ok + report.failed
     report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, f"extract_{report.modality}", report)
     return report
 
 
@@ -290,34 +295,6 @@ def _quarantine_failures(
         )
     )
     lake.replace_where(spark, config, QUARANTINE, failures, lake.rows_of(ds=ds, stage=stage))
-
-
-def write_report(config: PipelineConfig, report: ExtractReport) -> Path:
-    folder = config.reports_dir / report.ds
-    name = f"extract_{report.modality}"
-    payload = asdict(report) | {"items_per_second": round(report.items_per_second, 2)}
-    artifacts.write_text(folder / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    lines = [
-        f"# Extract {report.modality} — run date {report.ds}",
-        "",
-        f"Extractor `{report.extractor}` version {report.extractor_version}. Took {report.seconds} s "
-        f"({report.extract_seconds} s extracting, {report.items_per_second:.1f} items/s).",
-        "",
-        "| catalog items | up to date (skipped) | extracted | ok | failed | no such media | model inferences |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {report.catalog_items} | {report.up_to_date} | {report.extracted} | {report.ok} | "
-        f"{report.failed} | {report.missing} | {report.inferences} |",
-        "",
-        "## Failures by reason",
-        "",
-    ]
-    if report.failed_by_reason:
-        lines += ["| reason | items |", "|---|---:|"]
-        lines += [f"| {reason} | {n} |" for reason, n in report.failed_by_reason.items()]
-    else:
-        lines.append("None.")
-    artifacts.write_text(folder / f"{name}.md", "\n".join(lines) + "\n")
-    return folder / f"{name}.md"
 
 
 def log_report(report: ExtractReport) -> None:

@@ -33,8 +33,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -52,6 +51,7 @@ from jobs.fusion_artifacts import fit_set_digest as fit_set_digest  # re-exporte
 from jobs.fusion_artifacts import fusion_version as fusion_version  # re-exported: importers use jobs.fuse
 from jobs.fusion_fit import describe_modality, feature_modalities, fit_fusion, fit_set_of, ok_vectors
 from jobs.progress import stage_progress
+from jobs.reports import Report, write_report
 from jobs.schemas import ITEM_VECTORS
 from jobs.spark import job_main, spark_session
 
@@ -64,7 +64,9 @@ _FUSED_SCHEMA = "item_id long, vector array<float>, mask array<boolean>, modalit
 
 
 @dataclass
-class FuseReport:
+class FuseReport(Report):
+    template = "fuse"
+
     ds: str
     fusion_version: str = ""
     # "reused" (the current artifact matched), "fitted" (none matched) or "refit" (asked for)
@@ -207,7 +209,7 @@ def run_fuse(
     report.write_seconds = round(time.monotonic() - write_started, 2)
     _count_items(spark, config, report, ds)
     report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, "fuse", report)
     return report
 
 
@@ -264,41 +266,6 @@ def _count_items(spark: SparkSession, config: PipelineConfig, report: FuseReport
     by_modality = written.select(F.explode("modalities").alias("m")).groupBy("m").count().collect()
     counts = {row["m"]: row["count"] for row in by_modality}
     report.items_by_modality = {m: counts.get(m, 0) for m in report.layout}
-
-
-def write_report(config: PipelineConfig, report: FuseReport) -> Path:
-    folder = config.reports_dir / report.ds
-    artifacts.write_json(folder / "fuse.json", asdict(report))
-    how = {
-        "reused": f"reused: fitted on {report.fitted_ds}",
-        "fitted": "fitted on this run: no current fusion matched these modalities, extractors and block size",
-        "refit": "refit on request",
-    }[report.projections]
-    lines = [
-        f"# Fuse — run date {report.ds}",
-        "",
-        f"Fusion `{report.fusion_version}`, {how}. {report.items} items of {report.catalog_items} in the "
-        f"catalog, vectors of {sum(report.block_dims)} floats. Took {report.seconds} s "
-        f"({report.fit_seconds} s fitting, {report.write_seconds} s projecting and writing).",
-        "",
-        "| modality | extractor | block dims | fit items | variance kept | items with it |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {m} | {report.extractors[m]} | {k} | {report.fit_items[m]} | "
-        f"{100 * report.explained_variance[m]:.0f}% | {report.items_by_modality.get(m, 0)} |"
-        for m, k in zip(report.layout, report.block_dims, strict=True)
-    ]
-    lines += ["", "## Items by number of modalities", "", "| modalities | items |", "|---:|---:|"]
-    lines += [f"| {n} | {count} |" for n, count in report.items_by_modality_count.items()]
-    lines += ["", "## Skipped modalities", ""]
-    if report.skipped_modalities:
-        lines += ["| modality | why |", "|---|---|"]
-        lines += [f"| {m} | {why} |" for m, why in report.skipped_modalities.items()]
-    else:
-        lines.append("None.")
-    artifacts.write_text(folder / "fuse.md", "\n".join(lines) + "\n")
-    return folder / "fuse.md"
 
 
 def log_report(report: FuseReport) -> None:

@@ -26,7 +26,8 @@ from features.registry import BUILT_IN
 from jobs import lake, lease, sources
 from jobs.arguments import MODALITY_NAME, input_path, modality_name
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
-from jobs.extract import ExtractReport, log_report, write_report
+from jobs.extract import ExtractReport, log_report
+from jobs.reports import write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
 from jobs.spark import job_main, spark_session
 from jobs.validation import blank, first_reason, keep_first, parse_id, quarantine_rows
@@ -158,7 +159,7 @@ def run_import(
     }
     report.failed = sum(report.failed_by_reason.values())
     report.seconds = report.extract_seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, f"extract_{report.modality}", report)
     return report
 
 

@@ -59,7 +59,7 @@ from jobs.deferred import (
     to_deferred_rows,
 )
 from jobs.faults import crash_point
-from jobs.ingest_report import STAGE, IngestReport, log_report, sum_accounts, write_report
+from jobs.ingest_report import STAGE, IngestReport, log_report, sum_accounts
 from jobs.ingest_rules import apply_extras, validate_interactions, validate_items
 from jobs.input_accounts import CARRIED, SOURCE, account_inputs, check_accounts
 from jobs.input_accounts import (
@@ -67,6 +67,7 @@ from jobs.input_accounts import (
 )
 from jobs.input_accounts import InputAccount as InputAccount  # re-exported: importers use jobs.ingest
 from jobs.input_tallies import tally, totals
+from jobs.reports import write_report
 from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, QUARANTINE
 from jobs.sources import RawSource
 from jobs.spark import job_main, spark_session
@@ -120,7 +121,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     started = time.monotonic()
     ds = request.ds
     raw = read_request(spark, request)
-    report = IngestReport(ds=ds.isoformat(), source=raw.name)
+    report = IngestReport(ds=ds.isoformat(), source=raw.name, quarantine_table=config.table_path("quarantine"))
     log.info("ingest ds=%s source=%s", ds, raw.name)
     catalog = lake.ensure_table(spark, config, CATALOG)
     interactions_table = lake.ensure_table(spark, config, INTERACTIONS)
@@ -268,7 +269,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     report.interactions_rows = interactions_table.toDF().count()
     report.deferred_rows = lake.read_table(spark, config, DEFERRED).count()
     report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, "ingest", report)
     return report
 
 

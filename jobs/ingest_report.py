@@ -1,16 +1,15 @@
 """Ingest's report: what became of the run's rows (`IngestReport`), written as
-`<artifacts>/_reports/<ds>/ingest.json` and `ingest.md`, and summed up in the job's log."""
+`<artifacts>/_reports/<ds>/ingest.json` and `ingest.md` (`jobs.reports`, template `ingest.md`), and summed
+up in the job's log."""
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
-from jobs import artifacts
-from jobs.config import PipelineConfig
 from jobs.input_accounts import INPUT_COLUMNS, InputAccount, input_row
+from jobs.reports import Report
 
 log = logging.getLogger("modalrank.ingest")
 
@@ -18,7 +17,9 @@ STAGE = "ingest"
 
 
 @dataclass
-class IngestReport:
+class IngestReport(Report):
+    template = "ingest"
+
     ds: str
     source: str
     # Per kind, summed over `inputs`: read = ingested (new + changed + unchanged) + deferred + quarantined
@@ -43,6 +44,7 @@ class IngestReport:
     interactions_rows: int = 0
     deferred_rows: int = 0  # rows waiting in `deferred` after the run, all dates
     inputs: list[InputAccount] = field(default_factory=list)  # one per input file (and per origin)
+    quarantine_table: str = ""  # where the quarantined rows are, for the report's query line
     seconds: float = 0.0
 
     @property
@@ -52,6 +54,20 @@ class IngestReport:
     @property
     def interactions_ingested(self) -> int:
         return self.interactions_new + self.interactions_changed + self.interactions_unchanged
+
+    def to_json(self) -> dict[str, Any]:
+        return super().to_json() | {
+            "items_ingested": self.items_ingested,
+            "interactions_ingested": self.interactions_ingested,
+        }
+
+    def context(self, fmt: str) -> dict[str, Any]:
+        return {
+            "report": self,
+            "input_columns": INPUT_COLUMNS,
+            "input_rows": [input_row(account) for account in self.inputs],
+            "stage": STAGE,
+        }
 
 
 def sum_accounts(report: IngestReport) -> None:
@@ -65,60 +81,6 @@ def sum_accounts(report: IngestReport) -> None:
     for account in report.inputs:
         if account.kind not in ("items", "interactions"):
             report.extras_read[account.kind] = report.extras_read.get(account.kind, 0) + account.rows
-
-
-def write_report(config: PipelineConfig, report: IngestReport) -> Path:
-    """`<artifacts>/_reports/<ds>/ingest.json` and a Markdown twin a person can read."""
-    folder = config.reports_dir / report.ds
-    payload = asdict(report) | {
-        "items_ingested": report.items_ingested,
-        "interactions_ingested": report.interactions_ingested,
-    }
-    artifacts.write_text(folder / "ingest.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    lines = [
-        f"# Ingest report — run date {report.ds}",
-        "",
-        f"Source: `{report.source}`. Took {report.seconds} s.",
-        "",
-        "| | read | new | changed | unchanged | deferred (not due by run date) | quarantined | superseded |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| items | {report.items_read} | {report.items_new} | {report.items_changed} | "
-        f"{report.items_unchanged} | {report.items_deferred} | {report.items_quarantined} | "
-        f"{report.items_superseded} |",
-        f"| interactions | {report.interactions_read} | {report.interactions_new} | "
-        f"{report.interactions_changed} | {report.interactions_unchanged} | "
-        f"{report.interactions_deferred} | {report.interactions_quarantined} | {report.interactions_superseded} |",
-        "",
-        f"Tables after the run: catalog {report.catalog_rows} rows, interactions {report.interactions_rows} rows, "
-        f"deferred {report.deferred_rows} rows.",
-        "",
-        "Extra inputs read (rows): "
-        + (", ".join(f"{k} {v}" for k, v in sorted(report.extras_read.items())) or "none"),
-        "",
-        "## Every input: rows read = ingested + deferred + quarantined + superseded",
-        "",
-        "Lines are the input's physical records, counted before parsing (non-blank lines after a CSV's "
-        "header, Parquet rows, media files, rows due in `deferred`); every one of them is in some row.",
-        "",
-        "| " + " | ".join(INPUT_COLUMNS) + " |",
-        "|---|---|---|" + "---:|" * (len(INPUT_COLUMNS) - 3),
-        *("| " + " | ".join(str(cell) for cell in input_row(account)) + " |" for account in report.inputs),
-        "",
-        "## Quarantined rows by reason",
-        "",
-    ]
-    if report.quarantine_by_reason:
-        lines += ["| reason | rows |", "|---|---:|"]
-        lines += [f"| {reason} | {n} |" for reason, n in sorted(report.quarantine_by_reason.items())]
-        lines += [
-            "",
-            f"Query them: ``SELECT * FROM delta.`{config.table_path('quarantine')}` "
-            f"WHERE ds = '{report.ds}' AND stage = '{STAGE}'``",
-        ]
-    else:
-        lines.append("None.")
-    artifacts.write_text(folder / "ingest.md", "\n".join(lines) + "\n")
-    return folder / "ingest.md"
 
 
 def log_report(report: IngestReport) -> None:

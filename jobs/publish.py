@@ -50,14 +50,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import artifacts, lake, lease
+from jobs import lake, lease
 from jobs.arguments import optional_model_version, positive_int, share
 from jobs.asof import end_of_day
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
@@ -72,6 +71,7 @@ from jobs.publish_gate import (
     check_lists,
 )
 from jobs.ranker_inputs import RankingData, load_ranking_data
+from jobs.reports import Report, write_report
 from jobs.schemas import INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.serving import (
     USERS_PER_BLOCK,
@@ -91,7 +91,9 @@ DEFAULT_K = 50
 
 
 @dataclass
-class PublishReport:
+class PublishReport(Report):
+    template = "publish"
+
     ds: str
     k: int
     started_at: str = ""  # wall clock, UTC: the rows carry the run date's end instead (module docstring)
@@ -268,7 +270,7 @@ def run_publish(
             with contextlib.suppress(OSError):
                 serving.parent.rmdir()  # the date's folder, when no other run of it left one
     report.seconds = round(time.monotonic() - started, 1)
-    write_report(config, report)
+    write_report(config, report.ds, "publish", report)
     return report
 
 
@@ -326,55 +328,12 @@ def _record_gate(config: PipelineConfig, report: PublishReport, checks: list[Che
         )
     if not report.passed:
         report.seconds = round(time.monotonic() - started, 1)
-        path = write_report(config, report)
+        path = write_report(config, report.ds, "publish", report)
         failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.passed)
         raise PublishGateError(
             f"publish {report.ds} stopped by the quality gate, nothing written to {RECOMMENDATIONS.name}: {failed} "
             f"(report: {path})"
         )
-
-
-def write_report(config: PipelineConfig, report: PublishReport) -> Path:
-    """`publish.json` and `publish.md` in the date's report folder; written on success and on a gate failure."""
-    folder = config.reports_dir / report.ds
-    artifacts.write_json(folder / "publish.json", asdict(report))
-    outcome = (
-        f"Published {report.rows} rows (table version {report.table_version})."
-        if report.published
-        else "**Nothing published: the quality gate failed.**"
-    )
-    lines = [
-        f"# Publish — run date {report.ds}",
-        "",
-        f"{outcome} Ranker `{report.model_version}` (trained on data up to {report.trained_ds}), K = {report.k}. "
-        f"Started {report.started_at}, took {report.seconds} s.",
-        "",
-        "| fact | value |",
-        "|---|---|",
-        f"| users (with an interaction up to {report.ds}) | {report.users} |",
-        f"| rows | {report.rows} |",
-        f"| items available on {report.ds} | {report.eligible_items} |",
-        f"| distinct items listed | {report.items_listed} |",
-        f"| of which cold (no interaction yet) | {report.cold_items_listed} |",
-        f"| users with fewer than K eligible items | {report.short_lists} |",
-        f"| previous published date | {report.previous_ds or 'none'} |",
-        "",
-        "## Gate",
-        "",
-        "| check | passed | detail |",
-        "|---|---|---|",
-        *(f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in report.checks),
-        "",
-        "## Seconds per phase",
-        "",
-        "| phase | seconds |",
-        "|---|---:|",
-        *(f"| {name} | {seconds} |" for name, seconds in report.timings.items()),
-    ]
-    if report.notes:
-        lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
-    artifacts.write_text(folder / "publish.md", "\n".join(lines) + "\n")
-    return folder / "publish.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,11 +94,11 @@ STAGES = [
 def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
     """Every stage's report for DS, written by the stage's own writer, except the stages in `skip`."""
     writers = {
-        "ingest": lambda: ingest.write_report(config, INGEST),
-        "extract_mmtf_avf": lambda: extract.write_report(config, IMPORTED),
+        "ingest": lambda: write_report(config, DAY, "ingest", INGEST),
+        "extract_mmtf_avf": lambda: write_report(config, DAY, "extract_mmtf_avf", IMPORTED),
         "train": lambda: write_report(config, DAY, "train", TRAIN),
-        "fuse": lambda: fuse.write_report(config, fuse_report()),
-        "publish": lambda: publish.write_report(config, publish_report(checks)),
+        "fuse": lambda: write_report(config, DAY, "fuse", fuse_report()),
+        "publish": lambda: write_report(config, DAY, "publish", publish_report(checks)),
     }
     for modality, (ok, failed, missing, up_to_date, seconds, extract_seconds) in EXTRACTS.items():
         report = extract.ExtractReport(
@@ -106,7 +106,7 @@ def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
             extracted=ok + failed, ok=ok, failed=failed, missing=missing, inferences=ok + failed,
             seconds=seconds, extract_seconds=extract_seconds,
         )  # fmt: skip
-        writers[f"extract_{modality}"] = lambda report=report: extract.write_report(config, report)
+        writers[f"extract_{modality}"] = lambda report=report: write_report(config, DAY, f"extract_{report.modality}", report)
     for dataset in NDCG:
         writers[f"evaluate_{dataset}"] = lambda dataset=dataset: write_evaluation(config, dataset)
     for stage, write in writers.items():
