@@ -6,6 +6,8 @@ bash "$root/infra/setup.sh"
 source "$root/infra/env.sh"
 cd "$root"
 .venv/bin/ruff check dags jobs features tests infra
+# One layout for everyone: a change that `ruff format` would rewrite fails here (run it, then commit).
+.venv/bin/ruff format --check dags jobs features tests infra
 # Types of the pure packages (setup.cfg's [mypy]): ~10 s with a warm cache.
 .venv/bin/mypy features jobs/ranking
 # Two processes (MODALRANK_TEST_WORKERS), each with its own SparkSession and Airflow home, a whole test

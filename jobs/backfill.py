@@ -142,14 +142,19 @@ def run_backfill(spark: SparkSession, config: PipelineConfig, plan: BackfillPlan
         elapsed = time.monotonic() - started
         log.info(
             "backfill %d/%d dates done (%s, %.0f s); about %.0f s to go",
-            number, len(dates), ds, elapsed, elapsed / number * (len(dates) - number),
-        )  # fmt: skip
+            number,
+            len(dates),
+            ds,
+            elapsed,
+            elapsed / number * (len(dates) - number),
+        )
     return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jobs.extract import MODALITY_INPUTS, add_force_argument
+    from jobs.extract import add_force_argument
     from jobs.ingest import add_source_arguments
+    from jobs.modality_inputs import MODALITY_INPUTS
     from jobs.publish import DEFAULT_K
 
     add_lake_arguments(parser)
@@ -158,9 +163,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--skip", nargs="+", default=[], choices=STAGES, help="stages not to run")
     parser.add_argument(
-        "--modalities", nargs="+", default=list(MODALITY_INPUTS), choices=list(MODALITY_INPUTS),
+        "--modalities",
+        nargs="+",
+        default=list(MODALITY_INPUTS),
+        choices=list(MODALITY_INPUTS),
         help="built-in modalities to extract (default: all)",
-    )  # fmt: skip
+    )
     add_force_argument(parser)
     parser.add_argument(
         "--train-every-days", type=positive_int, default=7, help="train cadence (default: %(default)s)"
@@ -189,14 +197,21 @@ def plan_from_args(args: argparse.Namespace) -> BackfillPlan:
             audio=args.audio,
             video=args.video,
             media_root=args.media_root,
-        )  # fmt: skip
+        )
         if has_sources
         else None
     )
     return BackfillPlan(
-        args.start, args.end, sources, tuple(s for s in STAGES if s not in args.skip), tuple(args.modalities),
-        args.force, args.train_every_days, args.dataset, args.k,
-    )  # fmt: skip
+        args.start,
+        args.end,
+        sources,
+        tuple(s for s in STAGES if s not in args.skip),
+        tuple(args.modalities),
+        args.force,
+        args.train_every_days,
+        args.dataset,
+        args.k,
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> list[DateResult]:

@@ -36,7 +36,9 @@ def _tooling_on_path() -> bool:
 
 def _demo_data(args: argparse.Namespace) -> int:
     if not _tooling_on_path():
-        raise FileNotFoundError("demo-data needs a modalrank checkout (infra/tools); the installed package has none")
+        raise FileNotFoundError(
+            "demo-data needs a modalrank checkout (infra/tools); the installed package has none"
+        )
     from infra.tools.demo_data import DemoDataConfig, generate_demo_data
 
     overrides = {
@@ -61,7 +63,11 @@ def _run_stage(stage: stages.Stage, args: argparse.Namespace) -> int:
 
 def _print_done(stage: stages.Stage, args: argparse.Namespace, report) -> None:
     if stage.command_done is not None:
-        print(stage.command_done.format(report=report, reports=load_run_config(args).reports_dir / report.ds, args=args))
+        print(
+            stage.command_done.format(
+                report=report, reports=load_run_config(args).reports_dir / report.ds, args=args
+            )
+        )
 
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +79,9 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         type=modality_name,
         help="text, image, audio, video, or a name for imported vectors",
     )
-    parser.add_argument("--vectors", type=input_path, help="CSV/Parquet of item id + vector, for an imported modality")
+    parser.add_argument(
+        "--vectors", type=input_path, help="CSV/Parquet of item id + vector, for an imported modality"
+    )
     extract.add_force_argument(parser)
 
 
@@ -129,10 +137,14 @@ def _report(args: argparse.Namespace) -> int:
     from jobs import run_report
 
     return run_report.main(
-        ["--ds", args.ds.isoformat(), *(["--lake", args.lake] if args.lake else []),
-         *(["--artifacts", args.artifacts] if args.artifacts else []),
-         *(["--fail-if-incomplete"] if args.fail_if_incomplete else [])]
-    )  # fmt: skip
+        [
+            "--ds",
+            args.ds.isoformat(),
+            *(["--lake", args.lake] if args.lake else []),
+            *(["--artifacts", args.artifacts] if args.artifacts else []),
+            *(["--fail-if-incomplete"] if args.fail_if_incomplete else []),
+        ]
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -233,4 +233,3 @@ def _parse(name: str, raw: str) -> object:
     if kind.startswith("dict"):
         return json.loads(raw)
     return raw
-

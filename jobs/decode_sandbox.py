@@ -168,8 +168,11 @@ class DecodeSandbox:
         if not answered:
             log.warning(
                 "%s decode child pid %d gave no answer for %s in %.0f s: killed",
-                self.modality, self.process.pid, path, time.monotonic() - started,
-            )  # fmt: skip
+                self.modality,
+                self.process.pid,
+                path,
+                time.monotonic() - started,
+            )
             self._restart()
             return None, DECODE_TIMED_OUT
         try:

@@ -43,7 +43,7 @@ from jobs.ranking.data import CHRONO, ITEM_COLD, PROTOCOLS, RANDOM, Split, make_
 from jobs.ranking.harness import KS, ModelResult, evaluate_model
 from jobs.reports import Report, write_report
 from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, METRICS
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_entry_point, spark_session
 
 log = logging.getLogger("modalrank.evaluate")
 
@@ -108,9 +108,17 @@ def fit_als(spark: SparkSession, split: Split, seed: int) -> FactorScorer:
     pairs = pd.DataFrame({"user": split.train.users, "item": split.train.items, "rating": 1.0})
     train = spark.createDataFrame(pairs, "user int, item int, rating float")
     als = ALS(
-        rank=64, maxIter=15, regParam=0.05, alpha=10.0, implicitPrefs=True, seed=seed,
-        userCol="user", itemCol="item", ratingCol="rating", coldStartStrategy="drop",
-    )  # fmt: skip
+        rank=64,
+        maxIter=15,
+        regParam=0.05,
+        alpha=10.0,
+        implicitPrefs=True,
+        seed=seed,
+        userCol="user",
+        itemCol="item",
+        ratingCol="rating",
+        coldStartStrategy="drop",
+    )
     model = als.fit(train)
     users = np.zeros((split.train.n_users, model.rank), dtype=np.float32)
     items = np.zeros((split.train.n_items, model.rank), dtype=np.float32)
@@ -129,8 +137,12 @@ def evaluate_protocol(
     items = loaded.items
     log.info(
         "%s: %d training pairs, %d held out, %d test users, %d candidate items",
-        protocol, len(split.train), len(split.test), len(split.test_users()), len(split.candidate_items),
-    )  # fmt: skip
+        protocol,
+        len(split.train),
+        len(split.test),
+        len(split.test_users()),
+        len(split.candidate_items),
+    )
     timings: dict[str, float] = {}
     models = []
 
@@ -169,11 +181,19 @@ def evaluate_protocol(
 
 def metric_rows(ds: dt.date, dataset: str, protocol: str, results: list[ModelResult]) -> pd.DataFrame:
     rows = [
-        {"ds": ds, "dataset": dataset, "protocol": protocol, "model": result.model, "metric": value.metric,
-         "k": value.k, "value": float(value.value), "users": int(value.users)}
+        {
+            "ds": ds,
+            "dataset": dataset,
+            "protocol": protocol,
+            "model": result.model,
+            "metric": value.metric,
+            "k": value.k,
+            "value": float(value.value),
+            "users": int(value.users),
+        }
         for result in results
         for value in result.metrics
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows)
 
 
@@ -194,35 +214,59 @@ def check_targets(metrics: pd.DataFrame, dataset: str) -> list[dict]:
         ranker, ease = value(protocol, "ranker", "ndcg", 10), value(protocol, "ease", "ndcg", 10)
         if ranker is not None and ease:
             targets.append(
-                {"protocol": protocol, "description": f"ranker nDCG@10 / EASE nDCG@10 ≥ {factor}",
-                 "value": round(ranker / ease, 3), "target": factor, "met": ranker / ease >= factor}
-            )  # fmt: skip
+                {
+                    "protocol": protocol,
+                    "description": f"ranker nDCG@10 / EASE nDCG@10 ≥ {factor}",
+                    "value": round(ranker / ease, 3),
+                    "target": factor,
+                    "met": ranker / ease >= factor,
+                }
+            )
     ranker, random, genre = (value(ITEM_COLD, m, "recall", 20) for m in ("ranker", "random", "genre"))
     if ranker is not None and random:
         targets.append(
-            {"protocol": ITEM_COLD, "description": "cold-item recall@20: ranker / random ≥ 3",
-             "value": round(ranker / random, 2), "target": 3, "met": ranker / random >= 3}
-        )  # fmt: skip
+            {
+                "protocol": ITEM_COLD,
+                "description": "cold-item recall@20: ranker / random ≥ 3",
+                "value": round(ranker / random, 2),
+                "target": 3,
+                "met": ranker / random >= 3,
+            }
+        )
     if ranker is not None and genre is not None:
         targets.append(
-            {"protocol": ITEM_COLD, "description": "cold-item recall@20: ranker > genre-only",
-             "value": f"{ranker:.4f} vs {genre:.4f}", "target": "above", "met": ranker > genre}
-        )  # fmt: skip
+            {
+                "protocol": ITEM_COLD,
+                "description": "cold-item recall@20: ranker > genre-only",
+                "value": f"{ranker:.4f} vs {genre:.4f}",
+                "target": "above",
+                "met": ranker > genre,
+            }
+        )
     singles = metrics[(metrics.protocol == ITEM_COLD) & metrics.model.str.startswith("ranker-only-")]
     singles = singles[(singles.metric == "recall") & (singles.k == 20)]
     if ranker is not None and len(singles):
         best = singles.loc[singles.value.idxmax()]
         targets.append(
-            {"protocol": ITEM_COLD, "description": "all modalities together ≥ the best single modality (recall@20)",
-             "value": f"{ranker:.4f} vs {best.value:.4f} ({best.model})", "target": "≥",
-             "met": ranker >= best.value}
-        )  # fmt: skip
+            {
+                "protocol": ITEM_COLD,
+                "description": "all modalities together ≥ the best single modality (recall@20)",
+                "value": f"{ranker:.4f} vs {best.value:.4f} ({best.model})",
+                "target": "≥",
+                "met": ranker >= best.value,
+            }
+        )
     ranker, popularity = value(RANDOM, "ranker", "ndcg", 10), value(RANDOM, "popularity", "ndcg", 10)
     if dataset == "demo" and ranker is not None and popularity:
         targets.append(
-            {"protocol": RANDOM, "description": "demo: ranker recovers hidden tastes, nDCG@10 / popularity ≥ 2",
-             "value": round(ranker / popularity, 2), "target": 2, "met": ranker / popularity >= 2}
-        )  # fmt: skip
+            {
+                "protocol": RANDOM,
+                "description": "demo: ranker recovers hidden tastes, nDCG@10 / popularity ≥ 2",
+                "value": round(ranker / popularity, 2),
+                "target": 2,
+                "met": ranker / popularity >= 2,
+            }
+        )
     return targets
 
 
@@ -263,11 +307,16 @@ def run_evaluate(
             lists = result.lists
             list_frames.append(
                 pd.DataFrame(
-                    {"protocol": protocol, "model": result.model, "user_id": data.user_ids[lists["user"].to_numpy()],
-                     "item_id": data.item_ids[lists["item"].to_numpy()], "rank": lists["rank"].astype("int32"),
-                     "score": lists["score"]}
+                    {
+                        "protocol": protocol,
+                        "model": result.model,
+                        "user_id": data.user_ids[lists["user"].to_numpy()],
+                        "item_id": data.item_ids[lists["item"].to_numpy()],
+                        "rank": lists["rank"].astype("int32"),
+                        "score": lists["score"],
+                    }
                 )
-            )  # fmt: skip
+            )
     metrics = pd.concat(frames, ignore_index=True)
     writing = time.monotonic()
     write_tables(spark, config, ds, dataset, metrics, pd.concat(truth_frames), pd.concat(list_frames))
@@ -340,8 +389,7 @@ def run_from_args(args: argparse.Namespace) -> EvaluateReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,10 @@ from jobs.decode_sandbox import DecodeLimits
 from jobs.extract_worker import extract_partition
 from jobs.faults import crash_point
 from jobs.modality_inputs import MODALITY_INPUTS
-from jobs.modality_inputs import extractor_inputs as extractor_inputs  # re-exported: importers use jobs.extract
 from jobs.progress import stage_progress
 from jobs.reports import Report, write_report
 from jobs.schemas import QUARANTINE, features_table
-from jobs.spark import job_main, spark_session, threads_per_task
+from jobs.spark import job_entry_point, spark_session, threads_per_task
 
 log = logging.getLogger("modalrank.extract")
 
@@ -169,8 +168,14 @@ def run_extract(
     report.up_to_date = report.catalog_items - n_stale
     log.info(
         "extract %s ds=%s: %d catalog items, %d up to date, %d to extract, %d without %s",
-        modality, ds, report.catalog_items, report.up_to_date, n_extract, n_stale - n_extract, modality,
-    )  # fmt: skip
+        modality,
+        ds,
+        report.catalog_items,
+        report.up_to_date,
+        n_extract,
+        n_stale - n_extract,
+        modality,
+    )
     if n_stale == 0:  # nothing changed: no model, no commit, and the date's quarantine rows stay
         report.seconds = round(time.monotonic() - started, 1)
         write_report(config, report.ds, f"extract_{report.modality}", report)
@@ -205,8 +210,13 @@ def run_extract(
                 elapsed = time.monotonic() - extract_started
                 log.info(
                     "extract %s: chunk %d/%d committed, %d/%d items (%.1f items/s)",
-                    modality, number, len(chunks), done, n_extract, done / elapsed if elapsed else 0.0,
-                )  # fmt: skip
+                    modality,
+                    number,
+                    len(chunks),
+                    done,
+                    n_extract,
+                    done / elapsed if elapsed else 0.0,
+                )
                 crash_point("extract.chunk_committed")
     report.extract_seconds = round(time.monotonic() - extract_started, 2)
     _quarantine_failures(spark, config, modality, ds, features.toDF(), catalog)
@@ -301,9 +311,17 @@ def log_report(report: ExtractReport) -> None:
     log.info(
         "extract %s: %d catalog items, %d up to date, %d extracted (%d ok, %d failed), %d without media, "
         "%d inferences in %.1f s (%.1f items/s)",
-        report.modality, report.catalog_items, report.up_to_date, report.extracted, report.ok, report.failed,
-        report.missing, report.inferences, report.extract_seconds, report.items_per_second,
-    )  # fmt: skip
+        report.modality,
+        report.catalog_items,
+        report.up_to_date,
+        report.extracted,
+        report.ok,
+        report.failed,
+        report.missing,
+        report.inferences,
+        report.extract_seconds,
+        report.items_per_second,
+    )
     for reason, n in report.failed_by_reason.items():
         log.info("failed %d: %s", n, reason)
 
@@ -331,8 +349,7 @@ def run_from_args(args: argparse.Namespace) -> ExtractReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

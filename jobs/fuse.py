@@ -47,13 +47,11 @@ from jobs.asof import catalog_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
 from jobs.fusion_artifacts import date_pointer, matching_artifact, models_dir, save_artifact
-from jobs.fusion_artifacts import fit_set_digest as fit_set_digest  # re-exported: importers use jobs.fuse
-from jobs.fusion_artifacts import fusion_version as fusion_version  # re-exported: importers use jobs.fuse
 from jobs.fusion_fit import describe_modality, feature_modalities, fit_fusion, fit_set_of, ok_vectors
 from jobs.progress import stage_progress
 from jobs.reports import Report, write_report
 from jobs.schemas import ITEM_VECTORS
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_entry_point, spark_session
 
 log = logging.getLogger("modalrank.fuse")
 
@@ -168,8 +166,10 @@ def run_fuse(
     }
     log.info(
         "fuse ds=%s (fitted as of %s): modalities %s",
-        ds, fit_ds, ", ".join(f"{s.modality} ({s.ok_items} ok, {s.extractor} {s.extractor_version})" for s in inputs),
-    )  # fmt: skip
+        ds,
+        fit_ds,
+        ", ".join(f"{s.modality} ({s.ok_items} ok, {s.extractor} {s.extractor_version})" for s in inputs),
+    )
 
     saved = None if refit else matching_artifact(folder, key, fit_sets)
     if saved is not None:
@@ -187,8 +187,10 @@ def run_fuse(
     report.fusion_version = meta["fusion_version"]
     report.fitted_ds = meta["fitted_ds"]
     report.layout, report.block_dims = list(fusion.layout), fusion.block_dims
-    report.extractors = {m: f"{meta['modalities'][m]['extractor']} {meta['modalities'][m]['extractor_version']}"
-                         for m in fusion.layout}  # fmt: skip
+    report.extractors = {
+        m: f"{meta['modalities'][m]['extractor']} {meta['modalities'][m]['extractor_version']}"
+        for m in fusion.layout
+    }
     report.fit_items = {m: meta["modalities"][m]["fit_items"] for m in fusion.layout}
     report.explained_variance = {m: meta["modalities"][m]["explained_variance"] for m in fusion.layout}
     report.skipped_modalities = meta["skipped"]
@@ -271,11 +273,19 @@ def _count_items(spark: SparkSession, config: PipelineConfig, report: FuseReport
 def log_report(report: FuseReport) -> None:
     log.info(
         "fuse: fusion %s (%s), layout %s, block dims %s: %d items (of %d in the catalog) in %.1f s",
-        report.fusion_version, report.projections, report.layout, report.block_dims, report.items,
-        report.catalog_items, report.seconds,
-    )  # fmt: skip
-    log.info("fuse: items per modality %s; items per number of modalities %s",
-             report.items_by_modality, report.items_by_modality_count)  # fmt: skip
+        report.fusion_version,
+        report.projections,
+        report.layout,
+        report.block_dims,
+        report.items,
+        report.catalog_items,
+        report.seconds,
+    )
+    log.info(
+        "fuse: items per modality %s; items per number of modalities %s",
+        report.items_by_modality,
+        report.items_by_modality_count,
+    )
     for modality, why in report.skipped_modalities.items():
         log.warning("fuse: skipped %s: %s", modality, why)
 
@@ -314,15 +324,20 @@ def run_from_args(args: argparse.Namespace) -> FuseReport:
     modalities = [m for text in args.modalities or [] for m in text.replace(",", " ").split()] or None
     with spark_session("modalrank-fuse", config) as spark:
         report = run_fuse(
-            spark, config, args.ds, refit=args.refit, block_dim=args.block_dim,
-            max_fit_items=args.max_fit_items, modalities=modalities, every_days=args.every_days,
-        )  # fmt: skip
+            spark,
+            config,
+            args.ds,
+            refit=args.refit,
+            block_dim=args.block_dim,
+            max_fit_items=args.max_fit_items,
+            modalities=modalities,
+            every_days=args.every_days,
+        )
     log_report(report)
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,14 @@ def ok_vectors(spark: SparkSession, config: PipelineConfig, modality: str, catal
         ok = ok.join(as_of, ["item_id", "content_hash"], "left_semi")
     else:
         ok = ok.join(catalog.select("item_id"), "item_id", "left_semi")
-    return ok.select("item_id", F.coalesce("content_hash", F.lit("")).alias("content_hash"), "extractor",
-                     "extractor_version", "dim", "vector")  # fmt: skip
+    return ok.select(
+        "item_id",
+        F.coalesce("content_hash", F.lit("")).alias("content_hash"),
+        "extractor",
+        "extractor_version",
+        "dim",
+        "vector",
+    )
 
 
 def describe_modality(ok: DataFrame, modality: str) -> ModalityVectors:
@@ -179,9 +185,15 @@ def fit_fusion(
         log.info(
             "fuse: fitted %s on %d of %d ok vectors: %d -> %d dims, %.0f%% of the variance kept "
             "(%.1f s collecting, %.1f s fitting)",
-            spec.modality, len(ids), spec.ok_items, spec.dim, projection.k, 100 * projection.explained_variance,
-            collected - started, time.monotonic() - collected,
-        )  # fmt: skip
+            spec.modality,
+            len(ids),
+            spec.ok_items,
+            spec.dim,
+            projection.k,
+            100 * projection.explained_variance,
+            collected - started,
+            time.monotonic() - collected,
+        )
     if not projections:
         raise ValueError(f"nothing to fuse: no modality has vectors to fit ({skipped or 'no features_* tables'})")
     layout = sorted(projections)

@@ -29,7 +29,7 @@ from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.extract import ExtractReport, log_report
 from jobs.reports import write_report
 from jobs.schemas import CATALOG, QUARANTINE, features_table
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_entry_point, spark_session
 from jobs.validation import blank, first_reason, keep_first, parse_id, quarantine_rows
 
 log = logging.getLogger("modalrank.import_vectors")
@@ -180,8 +180,7 @@ def run_from_args(args: argparse.Namespace) -> ExtractReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

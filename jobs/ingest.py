@@ -37,7 +37,6 @@ from pyspark.sql import functions as F
 from jobs import asof, lake, lease, sources
 from jobs.arguments import optional_input_path
 from jobs.catalog_media import resolve_catalog_media
-from jobs.catalog_media import resolve_media_path as resolve_media_path  # re-exported: importers use jobs.ingest
 from jobs.catalog_merge import (
     classify_interactions,
     classify_items,
@@ -62,15 +61,11 @@ from jobs.faults import crash_point
 from jobs.ingest_report import STAGE, IngestReport, log_report, sum_accounts
 from jobs.ingest_rules import apply_extras, validate_interactions, validate_items
 from jobs.input_accounts import CARRIED, SOURCE, account_inputs, check_accounts
-from jobs.input_accounts import (
-    IngestAccountingError as IngestAccountingError,  # re-exported: importers use jobs.ingest
-)
-from jobs.input_accounts import InputAccount as InputAccount  # re-exported: importers use jobs.ingest
 from jobs.input_tallies import tally, totals
 from jobs.reports import write_report
 from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, QUARANTINE
 from jobs.sources import RawSource
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_entry_point, spark_session
 from jobs.validation import quarantine_rows
 
 log = logging.getLogger("modalrank.ingest")
@@ -235,9 +230,9 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
     merge_interactions(interactions_table, staged_events, ds)
     crash_point("ingest.interactions_merged")
 
-    quarantine = union_by_name(item_rejects, *media_rejects, *extra_rejects, event_rejects, carried_rejects).select(
-        F.lit(ds).alias("ds"), F.lit(STAGE).alias("stage"), "*", now.alias("quarantined_at")
-    )
+    quarantine = union_by_name(
+        item_rejects, *media_rejects, *extra_rejects, event_rejects, carried_rejects
+    ).select(F.lit(ds).alias("ds"), F.lit(STAGE).alias("stage"), "*", now.alias("quarantined_at"))
     lake.replace_where(spark, config, QUARANTINE, quarantine, lake.rows_of(ds=ds, stage=STAGE))
     crash_point("ingest.quarantined")
     # After the merges: a run that dies before this line leaves the due rows where they were, and its
@@ -305,10 +300,16 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request_from_args(args: argparse.Namespace) -> IngestRequest:
     return IngestRequest(
-        ds=args.ds, movielens=args.movielens, catalog=args.catalog, interactions=args.interactions,
-        overviews=args.overviews, posters=args.posters, audio=args.audio, video=args.video,
+        ds=args.ds,
+        movielens=args.movielens,
+        catalog=args.catalog,
+        interactions=args.interactions,
+        overviews=args.overviews,
+        posters=args.posters,
+        audio=args.audio,
+        video=args.video,
         media_root=args.media_root,
-    )  # fmt: skip
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> IngestReport:
@@ -321,8 +322,7 @@ def run_from_args(args: argparse.Namespace) -> IngestReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

@@ -86,20 +86,37 @@ def sum_accounts(report: IngestReport) -> None:
 def log_report(report: IngestReport) -> None:
     log.info(
         "items: read %d, ingested %d (new %d, changed %d, unchanged %d), deferred %d, quarantined %d",
-        report.items_read, report.items_ingested, report.items_new, report.items_changed,
-        report.items_unchanged, report.items_deferred, report.items_quarantined,
-    )  # fmt: skip
+        report.items_read,
+        report.items_ingested,
+        report.items_new,
+        report.items_changed,
+        report.items_unchanged,
+        report.items_deferred,
+        report.items_quarantined,
+    )
     log.info(
         "interactions: read %d, ingested %d (new %d, changed %d, unchanged %d), deferred %d, quarantined %d",
-        report.interactions_read, report.interactions_ingested, report.interactions_new,
-        report.interactions_changed, report.interactions_unchanged, report.interactions_deferred,
+        report.interactions_read,
+        report.interactions_ingested,
+        report.interactions_new,
+        report.interactions_changed,
+        report.interactions_unchanged,
+        report.interactions_deferred,
         report.interactions_quarantined,
-    )  # fmt: skip
+    )
     for a in report.inputs:
         log.info(
             "%s %s (%s): %d lines, %d rows = ingested %d + deferred %d + quarantined %d + superseded %d",
-            a.kind, a.input, a.origin, a.lines, a.rows, a.ingested, a.deferred, a.quarantined, a.superseded,
-        )  # fmt: skip
+            a.kind,
+            a.input,
+            a.origin,
+            a.lines,
+            a.rows,
+            a.ingested,
+            a.deferred,
+            a.quarantined,
+            a.superseded,
+        )
     for reason, n in sorted(report.quarantine_by_reason.items()):
         log.info("quarantined %d: %s", n, reason)
     log.info("ingest done in %.1f s", report.seconds)

@@ -14,6 +14,10 @@ from jobs.schemas import MEDIA_KINDS
 from jobs.sources import Extra
 from jobs.validation import UNDECODABLE, blank, first_reason, keep_first, parse_id, quarantine_rows, undecodable
 
+# Where each row came from, carried through validation unchanged: the quarantine names it, and the
+# input accounts count it.
+ROW_ORIGIN = ("source_file", "record", "row_order", "input", "lines", "input_lines")
+
 
 def _split_list(column: str) -> Column:
     parts = F.split(F.coalesce(F.col(column), F.lit("")), r"\|")
@@ -55,12 +59,7 @@ def validate_items(raw: DataFrame) -> DataFrame:
         F.trim("tmdb_id").try_cast("double").try_cast("bigint").alias("tmdb_id"),
         *(F.col(f"{kind}_path").alias(f"{kind}_path") for kind in MEDIA_KINDS),
         available_from.alias("available_from"),
-        "source_file",
-        "record",
-        "row_order",
-        "input",
-        "lines",
-        "input_lines",
+        *ROW_ORIGIN,
         checks.alias("reason"),
     )
     return keep_first(typed, ["item_id"], "duplicate item id")
@@ -165,12 +164,7 @@ def validate_interactions(
         F.coalesce(weight, F.lit(1.0)).cast("float").alias("weight"),
         event_time.alias("event_time"),
         F.coalesce(F.nullif(F.trim("source"), F.lit("")), F.lit("event")).alias("source"),
-        "source_file",
-        "record",
-        "row_order",
-        "input",
-        "lines",
-        "input_lines",
+        *ROW_ORIGIN,
         checks.alias("reason"),
     )
     typed = keep_first(typed, list(INTERACTION_KEY), "duplicate interaction")

@@ -13,10 +13,17 @@ MEASURES = ("lines", "lines_in_rows", "rows", "ingested", "deferred", "quarantin
 
 def tally(rows: DataFrame, kind: str, origin: str, measure: str) -> DataFrame:
     """(kind, origin, input, measure, n): `rows` counted per input."""
-    return rows.groupBy("input").count().select(
-        F.lit(kind).alias("kind"), F.lit(origin).alias("origin"), "input", F.lit(measure).alias("measure"),
-        F.col("count").alias("n"),
-    )  # fmt: skip
+    return (
+        rows.groupBy("input")
+        .count()
+        .select(
+            F.lit(kind).alias("kind"),
+            F.lit(origin).alias("origin"),
+            "input",
+            F.lit(measure).alias("measure"),
+            F.col("count").alias("n"),
+        )
+    )
 
 
 def totals(rows: DataFrame, kind: str, origin: str, physical: DataFrame | None = None) -> DataFrame:

@@ -34,8 +34,13 @@ def stage_progress(spark, label: str, total_items: int, every_seconds: float = 1
                 elapsed = time.monotonic() - started
                 log.info(
                     "%s: %d/%d tasks done (~%d/%d items, %.1f items/s)",
-                    label, done, total, items, total_items, items / elapsed if elapsed else 0.0,
-                )  # fmt: skip
+                    label,
+                    done,
+                    total,
+                    items,
+                    total_items,
+                    items / elapsed if elapsed else 0.0,
+                )
 
     thread = threading.Thread(target=report, name=f"progress-{label}", daemon=True)
     thread.start()

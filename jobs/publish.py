@@ -83,7 +83,7 @@ from jobs.serving import (
     save_serving_artifact,
     score_lists,
 )
-from jobs.spark import job_main, spark_session, threads_per_task
+from jobs.spark import job_entry_point, spark_session, threads_per_task
 
 log = logging.getLogger("modalrank.publish")
 
@@ -223,8 +223,14 @@ def run_publish(
     cold_items = set(data.item_ids[base.item_counts == 0].tolist())
     log.info(
         "publish ds=%s: ranker %s, %d users, %d of %d items available, K=%d (%d users have fewer eligible items)",
-        ds, report.model_version, n_users, report.eligible_items, len(data.item_ids), k, report.short_lists,
-    )  # fmt: skip
+        ds,
+        report.model_version,
+        n_users,
+        report.eligible_items,
+        len(data.item_ids),
+        k,
+        report.short_lists,
+    )
 
     serving = new_serving_folder(config, ds)
     clean_stale_serving(config, ds, serving)
@@ -250,7 +256,14 @@ def run_publish(
             previous_ds, previous = previous_partition(spark, config, ds)
             report.previous_ds = previous_ds.isoformat() if previous_ds else None
             checks = check_lists(
-                rows, expected, seen_pairs(spark, config, ds), catalog, ds, previous, max_changed_share, min_coverage
+                rows,
+                expected,
+                seen_pairs(spark, config, ds),
+                catalog,
+                ds,
+                previous,
+                max_changed_share,
+                min_coverage,
             )
         _record_gate(config, report, checks, started)  # raises PublishGateError when a check failed
 
@@ -262,8 +275,11 @@ def run_publish(
         report.table_version = table_version(spark, config)
         log.info(
             "publish: wrote %d rows for %d users to %s (version %s)",
-            report.rows, n_users, RECOMMENDATIONS.name, report.table_version,
-        )  # fmt: skip
+            report.rows,
+            n_users,
+            RECOMMENDATIONS.name,
+            report.table_version,
+        )
     finally:
         if not keep_serving:  # only this run's folder: another run of any date may be scoring from its own
             shutil.rmtree(serving, ignore_errors=True)
@@ -370,19 +386,28 @@ def run_from_args(args: argparse.Namespace) -> PublishReport:
     config = load_run_config(args)
     with spark_session("modalrank-publish", config) as spark:
         report = run_publish(
-            spark, config, args.ds, k=args.k, model_version=args.model_version,
-            max_changed_share=args.max_changed_share, min_coverage=args.min_coverage, keep_serving=args.keep_serving,
-        )  # fmt: skip
+            spark,
+            config,
+            args.ds,
+            k=args.k,
+            model_version=args.model_version,
+            max_changed_share=args.max_changed_share,
+            min_coverage=args.min_coverage,
+            keep_serving=args.keep_serving,
+        )
     log.info(
         "published %d rows for %d users (K=%d, %s) in %.1f s: %s",
-        report.rows, report.users, report.k, report.model_version, report.seconds,
+        report.rows,
+        report.users,
+        report.k,
+        report.model_version,
+        report.seconds,
         config.reports_dir / report.ds / "publish.md",
-    )  # fmt: skip
+    )
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,10 @@ CHECKS = (
         "{wrong_count} of {eligible_users} eligible users do not have min(K, their eligible items) rows",
         {"users_wrong": "wrong_count", "eligible_users": "eligible_users"},
         Examples(
-            "wrong_count", lambda f: f.users.where(F.col("wrong_rows")),
-            lambda r: f"user {r.user_id}: {r.listed or 0} rows, expected {r.expected or 0}", ("user_id",),
+            "wrong_count",
+            lambda f: f.users.where(F.col("wrong_rows")),
+            lambda r: f"user {r.user_id}: {r.listed or 0} rows, expected {r.expected or 0}",
+            ("user_id",),
         ),
     ),
     GateCheck(
@@ -114,8 +116,10 @@ CHECKS = (
         "{repeats} rows repeat a (user, item) pair listed before",
         {"repeated_rows": "repeats"},
         Examples(
-            "repeats", lambda f: f.lists.groupBy("user_id", "item_id").count().where(F.col("count") > 1),
-            lambda r: f"user {r.user_id} item {r.item_id} ×{r['count']}", ("user_id", "item_id"),
+            "repeats",
+            lambda f: f.lists.groupBy("user_id", "item_id").count().where(F.col("count") > 1),
+            lambda r: f"user {r.user_id} item {r.item_id} ×{r['count']}",
+            ("user_id", "item_id"),
         ),
     ),
     GateCheck(
@@ -124,8 +128,10 @@ CHECKS = (
         "{seen} rows list an item the user already interacted with",
         {"seen_rows": "seen"},
         Examples(
-            "seen", lambda f: f.flagged.where(F.col("seen")),
-            lambda r: f"user {r.user_id} item {r.item_id}", ("user_id", "item_id"),
+            "seen",
+            lambda f: f.flagged.where(F.col("seen")),
+            lambda r: f"user {r.user_id} item {r.item_id}",
+            ("user_id", "item_id"),
         ),
     ),
     GateCheck(
@@ -134,7 +140,9 @@ CHECKS = (
         "{unknown} rows list items that are not in the catalog",
         {"unknown_rows": "unknown"},
         Examples(
-            "unknown", lambda f: f.flagged.where(F.col("known").isNull()).select("item_id").distinct(), _item,
+            "unknown",
+            lambda f: f.flagged.where(F.col("known").isNull()).select("item_id").distinct(),
+            _item,
             ("item_id",),
         ),
     ),
@@ -159,8 +167,10 @@ CHECKS = (
         "{gaps} users whose ranks are not exactly 1..n, {rising_users} whose scores rise with rank",
         {"users_bad_ranks": "gaps", "users_rising_scores": "rising_users"},
         Examples(
-            "gaps", lambda f: f.users.where(F.col("bad_ranks")),
-            lambda r: f"user {r.user_id}: ranks {r.first}..{r['last']} for {r.listed} rows", ("user_id",),
+            "gaps",
+            lambda f: f.users.where(F.col("bad_ranks")),
+            lambda r: f"user {r.user_id}: ranks {r.first}..{r['last']} for {r.listed} rows",
+            ("user_id",),
         ),
     ),
     GateCheck(
@@ -169,8 +179,11 @@ CHECKS = (
         "{changed} of {compared} users listed on both dates have a different list ({changed_share:.1%}, limit "
         "{max_changed_share:.0%}); on average {mean_kept:.1%} of a list's items stayed; {new_users} users are new",
         {
-            "changed_share": "changed_share", "users_compared": "compared", "users_changed": "changed",
-            "mean_items_kept": "mean_kept", "new_users": "new_users",
+            "changed_share": "changed_share",
+            "users_compared": "compared",
+            "users_changed": "changed",
+            "mean_items_kept": "mean_kept",
+            "new_users": "new_users",
         },
         without_previous="no earlier published date to compare with",
     ),
@@ -180,7 +193,7 @@ CHECKS = (
         "{items_listed} of {available} available items are in some list ({coverage:.1%}, minimum {min_coverage:.0%})",
         {"coverage": "coverage", "items_listed": "items_listed", "items_available": "available"},
     ),
-)  # fmt: skip
+)
 
 
 def check_lists(

@@ -235,8 +235,10 @@ def score_partition(plan: ServingPlan):
             done += len(block)
             log.info(
                 "publish worker: %d/%d users of this task scored (%.1f users/s)",
-                done, len(users), done / (time.monotonic() - started),
-            )  # fmt: skip
+                done,
+                len(users),
+                done / (time.monotonic() - started),
+            )
             yield pd.DataFrame(
                 {
                     "user_id": served.user_ids[block[lists.rows]],
@@ -271,4 +273,3 @@ def user_blocks(spark: SparkSession, n_users: int, size: int) -> DataFrame:
     blocks = spark.range(0, n_blocks, numPartitions=max(1, min(n_blocks, tasks)))
     last = F.least((F.col("id") + 1) * size, F.lit(n_users)) - 1
     return blocks.select(F.explode(F.sequence(F.col("id") * size, last)).alias("user_index"))
-

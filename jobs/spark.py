@@ -145,6 +145,19 @@ def _quiet_csv_header_warnings(spark) -> None:
     )
 
 
+def job_entry_point(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run_from_args: Callable[[argparse.Namespace], object],
+) -> Callable[[list[str] | None], int]:
+    """A job module's `main(argv=None)`, the function `python -m jobs.<stage>` and spark-submit run."""
+
+    def main(argv: list[str] | None = None) -> int:
+        return job_main(doc, add_arguments, run_from_args, argv)
+
+    return main
+
+
 def job_main(
     doc: str | None,
     add_arguments: Callable[[argparse.ArgumentParser], None],

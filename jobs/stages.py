@@ -79,7 +79,12 @@ class Job:
 
     def application_args(self, item: dict[str, str]) -> list[str]:
         """The job's command line as the DAG templates it: flag, value, flag, value, ..."""
-        return [part for argument in self.arguments if argument.flag for part in (argument.flag, argument.dag_value(item))]
+        return [
+            part
+            for argument in self.arguments
+            if argument.flag
+            for part in (argument.flag, argument.dag_value(item))
+        ]
 
     def run(self, spark, config, values: dict[str, Any]) -> Any:
         """The job's function for one item, in this process: what the backfill calls (`values` has the item's fields)."""
@@ -101,7 +106,9 @@ class Stage:
     # The subcommand takes the first job's arguments and runs its run_from_args.
     command_help: str | None = None
     command_done: str | None = None
-    teardown: bool = False  # runs whatever happened before it: a teardown task in the DAG, a `finally` in a backfill
+    teardown: bool = (
+        False  # runs whatever happened before it: a teardown task in the DAG, a `finally` in a backfill
+    )
 
 
 # Every job's first flags: the run date and where the lake and its artifacts are. The backfill passes the
@@ -233,8 +240,15 @@ STAGES = (
     Stage(
         "report",
         jobs=(Job("run_report", task="run_report", function="write_run_report", arguments=(DS,), spark=False),),
-        inputs=("_reports/ingest", "_reports/extract", "_reports/fuse", "_reports/train", "_reports/evaluate",
-                "_reports/publish", "quarantine"),  # fmt: skip
+        inputs=(
+            "_reports/ingest",
+            "_reports/extract",
+            "_reports/fuse",
+            "_reports/train",
+            "_reports/evaluate",
+            "_reports/publish",
+            "quarantine",
+        ),
         outputs=("_reports/run",),
         teardown=True,
     ),

@@ -49,7 +49,7 @@ from jobs.faults import crash_point
 from jobs.ranker_inputs import current_pointer, date_pointer, load_ranking_data
 from jobs.ranking.data import IndexedData
 from jobs.reports import Report, write_report
-from jobs.spark import job_main, spark_session
+from jobs.spark import job_entry_point, spark_session
 
 log = logging.getLogger("modalrank.train")
 
@@ -87,8 +87,6 @@ def ranker_version(settings, fusion_version: str, ds: dt.date, data: IndexedData
     return "ranker-" + hashlib.sha256(payload.encode() + fingerprint.digest()).hexdigest()[:12]
 
 
-
-
 # The leases of `ds` and of its training date: two runs of one training week never build or point at the
 # same ranker at once.
 @lease.holding(
@@ -108,9 +106,14 @@ def run_train(
     loaded = load_ranking_data(spark, config, trained_ds)
     pairs = loaded.data.interactions
     report = TrainReport(
-        ds.isoformat(), trained_ds.isoformat(), every_days, facts=loaded.facts, training_pairs=len(pairs),
-        training_users=int(pairs.n_users), training_items=int(pairs.n_items),
-    )  # fmt: skip
+        ds.isoformat(),
+        trained_ds.isoformat(),
+        every_days,
+        facts=loaded.facts,
+        training_pairs=len(pairs),
+        training_users=int(pairs.n_users),
+        training_items=int(pairs.n_items),
+    )
     report.version = ranker_version(settings, loaded.fusion_version, trained_ds, loaded.data)
     folder = config.models_dir / "ranker" / report.version
     report.artifact = str(folder)
@@ -119,8 +122,11 @@ def run_train(
         report.reused = True
         log.info(
             "ranker %s (data up to %s, every %d days) is already trained: serving it for %s",
-            report.version, trained_ds, every_days, ds,
-        )  # fmt: skip
+            report.version,
+            trained_ds,
+            every_days,
+            ds,
+        )
     else:
         if trained_ds != ds:
             log.info("ds=%s trains the model of grid date %s (every %d days)", ds, trained_ds, every_days)
@@ -165,13 +171,15 @@ def run_from_args(args: argparse.Namespace) -> TrainReport:
         report = run_train(spark, config, args.ds, every_days=args.every_days)
     log.info(
         "%s %s in %.1f s: %s",
-        "reused" if report.reused else "trained", report.version, report.training_seconds, report.artifact,
-    )  # fmt: skip
+        "reused" if report.reused else "trained",
+        report.version,
+        report.training_seconds,
+        report.artifact,
+    )
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    return job_main(__doc__, add_arguments, run_from_args, argv)
+main = job_entry_point(__doc__, add_arguments, run_from_args)
 
 
 if __name__ == "__main__":

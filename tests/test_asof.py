@@ -52,9 +52,14 @@ def _run(spark, config, demo, ds, catalog_file):
 
     sources = IngestRequest(ds=ds, catalog=demo / catalog_file, interactions=demo / "interactions.csv")
     plan = BackfillPlan(
-        ds, ds, sources, stages=("ingest", "extract", "fuse", "train", "publish"), modalities=("text",),
-        train_every_days=7, k=K,
-    )  # fmt: skip
+        ds,
+        ds,
+        sources,
+        stages=("ingest", "extract", "fuse", "train", "publish"),
+        modalities=("text",),
+        train_every_days=7,
+        k=K,
+    )
     return run_backfill(spark, config, plan)[0]
 
 

@@ -51,9 +51,14 @@ def backfilled(spark, small_demo, tmp_path_factory):
         ds=DATES[0], catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"
     )
     plan = BackfillPlan(
-        DATES[0], DATES[-1], sources, stages=("ingest", "extract", "fuse", "train", "publish", "report"),
-        modalities=("text",), train_every_days=7, k=K,
-    )  # fmt: skip
+        DATES[0],
+        DATES[-1],
+        sources,
+        stages=("ingest", "extract", "fuse", "train", "publish", "report"),
+        modalities=("text",),
+        train_every_days=7,
+        k=K,
+    )
     return config, run_backfill(spark, config, plan)
 
 

@@ -93,8 +93,19 @@ def test_a_job_on_a_uri_lake_without_artifacts_stops_before_spark_in_one_line(ca
     assert "set MODALRANK_ARTIFACTS" in error and error.count("\n") == 1
 
 
-@pytest.mark.parametrize(("text", "expected"), [("1", True), (" TRUE ", True), ("yes", True), ("On", True),
-                                                 ("0", False), ("false", False), ("no", False), ("", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        (" TRUE ", True),
+        ("yes", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("", False),
+    ],
+)
 def test_one_boolean_reading_for_flags_and_the_environment(monkeypatch, text, expected):
     from jobs.extract import add_force_argument
     from jobs.fuse import add_arguments as add_fuse_arguments

@@ -119,9 +119,14 @@ def job_process(stage: str, config: PipelineConfig, *args: str, crash_at: str | 
     command += ["--artifacts", str(config.artifacts_dir), *args[1:]]
     # A session of its own: the JVM and Python workers of a killed driver are reaped with it.
     return subprocess.Popen(
-        command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:

@@ -110,4 +110,6 @@ def test_every_param_the_stages_pass_is_a_param_of_the_nightly_dag(dagbag):
             for item in job.items({"mmtf_avf": "/data/avf.csv"}):
                 for argument in job.arguments:
                     if argument.flag and argument.template is None and argument.value not in item:
-                        assert argument.value in params, f"{job.task_id(item)} passes {argument.flag} from no Param"
+                        assert argument.value in params, (
+                            f"{job.task_id(item)} passes {argument.flag} from no Param"
+                        )

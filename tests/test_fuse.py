@@ -12,7 +12,7 @@ import pytest
 
 from features.fusion import Fusion, Projection, fit_projection, fuse_blocks
 from jobs.config import load_config
-from jobs.fuse import fit_set_digest, fusion_version, models_dir
+from jobs.fusion_artifacts import fit_set_digest, fusion_version, models_dir
 
 # ---------------------------------------------------------------------------------------------------
 # Pure: features/fusion.py
@@ -198,10 +198,31 @@ def _write_catalog(spark, config, item_ids: list[int]):
     from jobs.schemas import CATALOG
 
     rows = [
-        (i, f"Item {i}", None, None, ["Drama"], [], None, None, None, None, None, f"text-{i}", f"image-{i}", None, None,
-         None, "generic", DS, DS, NOW, NOW)
+        (
+            i,
+            f"Item {i}",
+            None,
+            None,
+            ["Drama"],
+            [],
+            None,
+            None,
+            None,
+            None,
+            None,
+            f"text-{i}",
+            f"image-{i}",
+            None,
+            None,
+            None,
+            "generic",
+            DS,
+            DS,
+            NOW,
+            NOW,
+        )
         for i in item_ids
-    ]  # fmt: skip
+    ]
     lake.ensure_table(spark, config, CATALOG)
     spark.createDataFrame(rows, CATALOG.schema).write.format("delta").mode("append").save(
         config.table_path("catalog")

@@ -183,8 +183,13 @@ def test_a_real_modalrank_process_stops_before_the_lake_changes(tmp_path, argv):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "jobs.cli", argv[0], "--lake", str(lake), *argv[1:]],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, check=False, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1 and " is not valid: " in result.stderr, result.stderr
     after = (DeltaTable(metrics).version(), sorted(p.name for p in (lake / "metrics" / "_delta_log").iterdir()))
@@ -199,17 +204,20 @@ def _load_dag(file_name: str):
     return module
 
 
-NIGHTLY_PARAM_CASES = [
-    ("dataset", value) for value in HOSTILE.values()
-] + [
-    (name, value)
-    for name in ("lake", "artifacts")
-    for value in (QUOTE, INJECTION, PARENT, "/data/../lake", NUL, HUGE)
-] + [
-    (name, value)
-    for name in ("catalog", "interactions", "movielens", "overviews", "posters", "audio", "video")
-    for value in (NUL, HUGE, "a\nb")
-] + [("k", 0), ("train_every_days", 0), ("max_changed_share", 1.5), ("min_coverage", -0.1)]  # fmt: skip
+NIGHTLY_PARAM_CASES = (
+    [("dataset", value) for value in HOSTILE.values()]
+    + [
+        (name, value)
+        for name in ("lake", "artifacts")
+        for value in (QUOTE, INJECTION, PARENT, "/data/../lake", NUL, HUGE)
+    ]
+    + [
+        (name, value)
+        for name in ("catalog", "interactions", "movielens", "overviews", "posters", "audio", "video")
+        for value in (NUL, HUGE, "a\nb")
+    ]
+    + [("k", 0), ("train_every_days", 0), ("max_changed_share", 1.5), ("min_coverage", -0.1)]
+)
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +240,15 @@ def test_nightly_params_refuse_hostile_values_at_trigger(nightly, name, value):
 def test_nightly_params_take_plain_values_and_empty_optional_ones(nightly):
     params = copy.deepcopy(nightly.dag.params)
     params.update(
-        {"dataset": "ml-latest-small", "lake": "s3a://bucket/lake", "artifacts": "/mnt/shared/modalrank",
-         "movielens": "../shared/data/ml-latest-small", "posters": "", "max_changed_share": 0.2}
-    )  # fmt: skip
+        {
+            "dataset": "ml-latest-small",
+            "lake": "s3a://bucket/lake",
+            "artifacts": "/mnt/shared/modalrank",
+            "movielens": "../shared/data/ml-latest-small",
+            "posters": "",
+            "max_changed_share": 0.2,
+        }
+    )
     resolved = params.validate()
     assert resolved["dataset"] == "ml-latest-small" and resolved["posters"] == ""
 

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from jobs import cli
+from jobs.catalog_media import resolve_media_path
 from jobs.config import PipelineConfig, load_config
-from jobs.ingest import optional_path, resolve_media_path
+from jobs.ingest import optional_path
 from jobs.sources import SourceError, detect_movielens_layout
 from jobs.spark import DELTA_EXTENSION, MissingJarsError, delta_jars, spark_settings
 
@@ -174,7 +175,7 @@ def test_a_literal_quote_inside_an_unquoted_field_is_text():
 
 
 def test_accounts_that_do_not_add_up_stop_the_run():
-    from jobs.ingest import IngestAccountingError, InputAccount, check_accounts
+    from jobs.input_accounts import IngestAccountingError, InputAccount, check_accounts
 
     balanced = InputAccount("a.csv", "items", "source", 5, 5, 4, ingested=2, deferred=1, quarantined=1)
     check_accounts([balanced])

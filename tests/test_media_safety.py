@@ -20,8 +20,8 @@ from features.audio import AudioExtractor
 from features.image import decode_image, image_format
 from features.video import VideoExtractor
 from jobs import media_files
+from jobs.catalog_media import resolve_media_path
 from jobs.decode_sandbox import DECODE_FAULTS, DecodeLimits, DecodeSandbox
-from jobs.ingest import resolve_media_path
 
 LIMITS = DecodeLimits(max_bytes=200_000, timeout_s=20, memory_mb=1024, max_image_pixels=10_000)
 

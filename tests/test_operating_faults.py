@@ -86,10 +86,15 @@ def _publish_twice(table: str) -> None:
 
     def lists(items: list[int], model: str) -> pa.Table:
         return pa.table(
-            {"ds": [DS] * len(items), "user_id": [1] * len(items), "rank": list(range(1, len(items) + 1)),
-             "item_id": items, "score": [1.0 / rank for rank in range(1, len(items) + 1)],
-             "model_version": [model] * len(items)}
-        )  # fmt: skip
+            {
+                "ds": [DS] * len(items),
+                "user_id": [1] * len(items),
+                "rank": list(range(1, len(items) + 1)),
+                "item_id": items,
+                "score": [1.0 / rank for rank in range(1, len(items) + 1)],
+                "model_version": [model] * len(items),
+            }
+        )
 
     write_deltalake(table, lists([10, 11, 12], "ranker-aaaaaaaaaaaa"), partition_by=["ds"])
     write_deltalake(
@@ -143,8 +148,13 @@ def test_workers_run_the_interpreter_that_runs_modalrank_without_env_sh(tmp_path
     }
     result = subprocess.run(
         [sys.executable, "-c", WORKER_JOB, str(REPO_ROOT)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, check=False, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "doubled [0, 2, 4]" in result.stdout
 

@@ -155,8 +155,12 @@ def test_gate_passes_good_lists_and_measures_drift_by_hand(spark, gate_inputs):
     by_name = {c.name: c for c in checks}
     # User 2's list went from [3, 5] to [3, 1]: 1 of 2 users changed; kept 2/2 and 1/2 of their items.
     assert by_name["changed_share"].numbers == {
-        "changed_share": 0.5, "users_compared": 2, "users_changed": 1, "mean_items_kept": 0.75, "new_users": 0,
-    }  # fmt: skip
+        "changed_share": 0.5,
+        "users_compared": 2,
+        "users_changed": 1,
+        "mean_items_kept": 0.75,
+        "new_users": 0,
+    }
     # Items 1, 3, 4 listed of the 5 available on DS (item 6 is not yet).
     assert by_name["coverage"].numbers["coverage"] == pytest.approx(3 / 5)
     without_previous = {
@@ -220,9 +224,13 @@ def published(spark, trained_lake) -> FirstPublish:
     report = run_publish(spark, config, DS, k=K)
     reports = config.reports_dir / DS.isoformat()
     return FirstPublish(
-        config, trained, report, json.loads((reports / "publish.json").read_text()),
-        (reports / "publish.md").read_text(), table_version(spark, config),
-    )  # fmt: skip
+        config,
+        trained,
+        report,
+        json.loads((reports / "publish.json").read_text()),
+        (reports / "publish.md").read_text(),
+        table_version(spark, config),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,10 @@ def expected_columns(base, items: ItemSide, users: np.ndarray, pair_users: np.nd
     window = SETTINGS.window_days * DAY
     columns["pop"] = np.log1p(counts[item])
     columns["pop_window"] = np.log1p(
-        [((train.items == i) & (np.abs(train.times - t) <= window)).sum() for i, t in zip(item, last_event, strict=True)]
+        [
+            ((train.items == i) & (np.abs(train.times - t) <= window)).sum()
+            for i, t in zip(item, last_event, strict=True)
+        ]
     )
     first_event = np.array([train.times[train.items == i].min() if counts[i] else 0 for i in item])
     age_days = (last_event - first_event) / DAY

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from deltalake import write_deltalake
 
-from jobs import evaluate, extract, fuse, ingest, publish, publish_gate, train
+from jobs import evaluate, extract, fuse, ingest, input_accounts, publish, publish_gate, train
 from jobs.config import load_config
 from jobs.reports import write_report
 from jobs.run_report import NO_REPORT, build_run_report, main, write_run_report
@@ -27,18 +27,36 @@ DAY = DS.isoformat()
 MODALITIES = ("text", "image", "audio", "video")
 
 INGEST = ingest.IngestReport(
-    DAY, "generic", items_read=42, items_new=38, items_changed=1, items_unchanged=1, items_deferred=2,
-    interactions_read=180, interactions_new=168, interactions_deferred=8, interactions_quarantined=4,
+    DAY,
+    "generic",
+    items_read=42,
+    items_new=38,
+    items_changed=1,
+    items_unchanged=1,
+    items_deferred=2,
+    interactions_read=180,
+    interactions_new=168,
+    interactions_deferred=8,
+    interactions_quarantined=4,
     quarantine_by_reason={"duplicate interaction": 1, "unknown item id": 2, "missing user id": 1},
-    catalog_rows=40, interactions_rows=168, seconds=50.9,
+    catalog_rows=40,
+    interactions_rows=168,
+    seconds=50.9,
     inputs=[
-        ingest.InputAccount("/in/catalog.csv", "items", "source", 42, 42, 42, ingested=40, deferred=2),
-        ingest.InputAccount(
-            "/in/interactions.csv", "interactions", "source", 181, 181, 180, ingested=168, deferred=8,
+        input_accounts.InputAccount("/in/catalog.csv", "items", "source", 42, 42, 42, ingested=40, deferred=2),
+        input_accounts.InputAccount(
+            "/in/interactions.csv",
+            "interactions",
+            "source",
+            181,
+            181,
+            180,
+            ingested=168,
+            deferred=8,
             quarantined=4,
         ),
     ],
-)  # fmt: skip
+)
 # (ok, failed, missing, up_to_date, seconds, extract_seconds) per modality
 EXTRACTS = {
     "text": (40, 0, 0, 0, 36.3, 7.2),
@@ -50,32 +68,50 @@ IMPORTED = extract.ExtractReport(
     DAY, "mmtf_avf", "imported", "1", catalog_items=40, extracted=40, ok=39, missing=1, seconds=4.0
 )
 TRAIN = train.TrainReport(
-    DAY, trained_ds=DAY, version="ranker-0123456789ab", artifact="/lake/_models/ranker/ranker-0123456789ab",
-    training_pairs=168, training_users=20, training_items=40,
+    DAY,
+    trained_ds=DAY,
+    version="ranker-0123456789ab",
+    artifact="/lake/_models/ranker/ranker-0123456789ab",
+    training_pairs=168,
+    training_users=20,
+    training_items=40,
     facts={"users": 20, "items": 40, "interactions (unique user-item pairs)": 168, "modalities": "text, image"},
     best_epoch=2,
     epochs=[{"epoch": e, "loss": 0.5, "val_ndcg@10": 0.3, "val_cold_ndcg@20": 0.1} for e in (1, 2, 3)],
-    training_seconds=12.5, seconds=20.25,
-)  # fmt: skip
+    training_seconds=12.5,
+    seconds=20.25,
+)
 CHECKS = [
-    publish_gate.Check("rows_per_user", True, "0 of 20 eligible users do not have min(K, their eligible items) rows"),
+    publish_gate.Check(
+        "rows_per_user", True, "0 of 20 eligible users do not have min(K, their eligible items) rows"
+    ),
     publish_gate.Check("no_seen_items", True, "0 rows list an item the user already interacted with"),
     publish_gate.Check(
-        "changed_share", True, "3 of 18 users listed on both dates have a different list",
-        {"changed_share": 0.1667, "users_compared": 18, "users_changed": 3, "mean_items_kept": 0.95,
-         "new_users": 2},
+        "changed_share",
+        True,
+        "3 of 18 users listed on both dates have a different list",
+        {
+            "changed_share": 0.1667,
+            "users_compared": 18,
+            "users_changed": 3,
+            "mean_items_kept": 0.95,
+            "new_users": 2,
+        },
     ),
     publish_gate.Check("coverage", True, "31 of 38 available items are in some list", {"coverage": 0.8158}),
-]  # fmt: skip
-FAILED_COVERAGE = publish_gate.Check("coverage", False, "3 of 38 available items are in some list (7.9%, minimum 50%)")
+]
+FAILED_COVERAGE = publish_gate.Check(
+    "coverage", False, "3 of 38 available items are in some list (7.9%, minimum 50%)"
+)
 # {dataset: {(protocol, model): ndcg@10}}
 NDCG = {
     "demo": {
-        ("random_75_25", "ranker"): 0.4276, ("random_75_25", "popularity"): 0.2105,
+        ("random_75_25", "ranker"): 0.4276,
+        ("random_75_25", "popularity"): 0.2105,
         ("item_cold_20", "ranker"): 0.12,
     },
     "tiny": {("chrono_80_20", "ranker"): 0.1737, ("chrono_80_20", "ease"): 0.13},
-}  # fmt: skip
+}
 # (ds, stage, reason): rows. Another date's rows must not be counted.
 QUARANTINED = {
     (DS, "ingest", "unknown item id"): 2,
@@ -86,9 +122,18 @@ QUARANTINED = {
     (DS - dt.timedelta(days=1), "ingest", "unknown item id"): 5,
 }
 STAGES = [
-    "ingest", "extract_text", "extract_image", "extract_audio", "extract_video", "extract_mmtf_avf",
-    "fuse", "train", "evaluate_demo", "evaluate_tiny", "publish",
-]  # fmt: skip
+    "ingest",
+    "extract_text",
+    "extract_image",
+    "extract_audio",
+    "extract_video",
+    "extract_mmtf_avf",
+    "fuse",
+    "train",
+    "evaluate_demo",
+    "evaluate_tiny",
+    "publish",
+]
 
 
 def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
@@ -102,11 +147,23 @@ def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
     }
     for modality, (ok, failed, missing, up_to_date, seconds, extract_seconds) in EXTRACTS.items():
         report = extract.ExtractReport(
-            DAY, modality, f"{modality}-extractor", "1", catalog_items=40, up_to_date=up_to_date,
-            extracted=ok + failed, ok=ok, failed=failed, missing=missing, inferences=ok + failed,
-            seconds=seconds, extract_seconds=extract_seconds,
-        )  # fmt: skip
-        writers[f"extract_{modality}"] = lambda report=report: write_report(config, DAY, f"extract_{report.modality}", report)
+            DAY,
+            modality,
+            f"{modality}-extractor",
+            "1",
+            catalog_items=40,
+            up_to_date=up_to_date,
+            extracted=ok + failed,
+            ok=ok,
+            failed=failed,
+            missing=missing,
+            inferences=ok + failed,
+            seconds=seconds,
+            extract_seconds=extract_seconds,
+        )
+        writers[f"extract_{modality}"] = lambda report=report: write_report(
+            config, DAY, f"extract_{report.modality}", report
+        )
     for dataset in NDCG:
         writers[f"evaluate_{dataset}"] = lambda dataset=dataset: write_evaluation(config, dataset)
     for stage, write in writers.items():
@@ -117,33 +174,60 @@ def write_stage_reports(config, checks=CHECKS, skip=()) -> None:
 def write_evaluation(config, dataset: str) -> None:
     target = {"protocol": "random_75_25", "description": "ranker / EASE ≥ 1.05", "value": 1.1, "target": 1.05}
     report = evaluate.EvaluateReport(
-        DAY, dataset, facts={"users": 20, "items": 40}, timings={"load data": 2.0, "total": 80.0},
-        targets=[target | {"met": True}], metrics=metrics_frame(dataset).to_dict(orient="records"), users=20,
-        items=40, seconds=80.0,
-    )  # fmt: skip
+        DAY,
+        dataset,
+        facts={"users": 20, "items": 40},
+        timings={"load data": 2.0, "total": 80.0},
+        targets=[target | {"met": True}],
+        metrics=metrics_frame(dataset).to_dict(orient="records"),
+        users=20,
+        items=40,
+        seconds=80.0,
+    )
     write_report(config, DAY, f"evaluate_{dataset}", report)
 
 
 def fuse_report() -> fuse.FuseReport:
     layout = ["image", "text"]
     return fuse.FuseReport(
-        DAY, fusion_version="f00d", projections="fitted", fitted_ds=DAY, layout=layout, block_dims=[64, 64],
-        extractors={m: f"{m}-extractor" for m in layout}, fit_items={"image": 36, "text": 40},
-        explained_variance={"image": 0.8, "text": 0.9}, catalog_items=40, items=40,
-        items_by_modality={"image": 36, "text": 40}, items_by_modality_count={"1": 4, "2": 36},
-        seconds=15.0, fit_seconds=3.5,
-    )  # fmt: skip
+        DAY,
+        fusion_version="f00d",
+        projections="fitted",
+        fitted_ds=DAY,
+        layout=layout,
+        block_dims=[64, 64],
+        extractors={m: f"{m}-extractor" for m in layout},
+        fit_items={"image": 36, "text": 40},
+        explained_variance={"image": 0.8, "text": 0.9},
+        catalog_items=40,
+        items=40,
+        items_by_modality={"image": 36, "text": 40},
+        items_by_modality_count={"1": 4, "2": 36},
+        seconds=15.0,
+        fit_seconds=3.5,
+    )
 
 
 def publish_report(checks) -> publish.PublishReport:
     passed = all(check.passed for check in checks)
     return publish.PublishReport(
-        DAY, k=10, model_version=TRAIN.version, trained_ds=DAY, users=20, rows=200, eligible_items=38,
-        items_listed=31, cold_items_listed=4, previous_ds="2026-11-24",
+        DAY,
+        k=10,
+        model_version=TRAIN.version,
+        trained_ds=DAY,
+        users=20,
+        rows=200,
+        eligible_items=38,
+        items_listed=31,
+        cold_items_listed=4,
+        previous_ds="2026-11-24",
         checks=[asdict(check) for check in checks],
         drift={c.name: c.numbers for c in checks if c.name in ("changed_share", "coverage")},
-        passed=passed, published=passed, table_version=3 if passed else None, seconds=42.0,
-    )  # fmt: skip
+        passed=passed,
+        published=passed,
+        table_version=3 if passed else None,
+        seconds=42.0,
+    )
 
 
 def metrics_frame(dataset: str) -> pd.DataFrame:
@@ -157,11 +241,19 @@ def metrics_frame(dataset: str) -> pd.DataFrame:
 
 def write_quarantine(config) -> None:
     rows = [
-        {"ds": ds, "stage": stage, "source_file": "in.csv", "item_id": None, "user_id": None, "record": "x",
-         "reason": reason, "quarantined_at": pd.Timestamp("2026-11-26T01:00:00")}
+        {
+            "ds": ds,
+            "stage": stage,
+            "source_file": "in.csv",
+            "item_id": None,
+            "user_id": None,
+            "record": "x",
+            "reason": reason,
+            "quarantined_at": pd.Timestamp("2026-11-26T01:00:00"),
+        }
         for (ds, stage, reason), n in QUARANTINED.items()
         for _ in range(n)
-    ]  # fmt: skip
+    ]
     write_deltalake(config.table_path("quarantine"), pd.DataFrame(rows), partition_by=["ds"])
 
 
@@ -186,10 +278,17 @@ def test_a_complete_night_is_counted_as_the_stages_reported_it(config):
     assert written["complete"] is True and written["problems"] == []
     assert {stage["status"] for stage in stages.values()} == {"reported"}
     assert stages["ingest"]["counts"] == {
-        "items_read": 42, "items_ingested": 40, "items_deferred": 2, "items_quarantined": 0,
-        "items_superseded": 0, "interactions_read": 180, "interactions_ingested": 168,
-        "interactions_deferred": 8, "interactions_quarantined": 4, "interactions_superseded": 0,
-    }  # fmt: skip
+        "items_read": 42,
+        "items_ingested": 40,
+        "items_deferred": 2,
+        "items_quarantined": 0,
+        "items_superseded": 0,
+        "interactions_read": 180,
+        "interactions_ingested": 168,
+        "interactions_deferred": 8,
+        "interactions_quarantined": 4,
+        "interactions_superseded": 0,
+    }
     # The ingest report's per-input table, on both pages.
     assert [(row["input"], row["rows"]) for row in written["ingest_inputs"]] == [
         ("/in/catalog.csv", 42),
@@ -202,9 +301,13 @@ def test_a_complete_night_is_counted_as_the_stages_reported_it(config):
         stage = stages[f"extract_{modality}"]
         assert (stage["seconds"], stage["work_seconds"]) == (seconds, extract_seconds)
         assert stage["counts"] == {
-            "catalog_items": 40, "extracted": ok + failed, "skipped_up_to_date": up_to_date, "ok": ok,
-            "failed": failed, "no_media": missing,
-        }  # fmt: skip
+            "catalog_items": 40,
+            "extracted": ok + failed,
+            "skipped_up_to_date": up_to_date,
+            "ok": ok,
+            "failed": failed,
+            "no_media": missing,
+        }
     assert stages["fuse"]["counts"] == {
         "catalog_items": 40,
         "fused_items": 40,
@@ -285,8 +388,14 @@ def test_stages_without_reports_are_shown_as_missing_and_the_page_is_still_writt
     assert list(stages) == [*STAGES[:8], "evaluate", "publish"]
     missing = [name for name, stage in stages.items() if stage["status"] == "missing"]
     assert missing == [
-        "extract_image", "extract_audio", "extract_video", "extract_mmtf_avf", "train", "evaluate", "publish"
-    ]  # fmt: skip
+        "extract_image",
+        "extract_audio",
+        "extract_video",
+        "extract_mmtf_avf",
+        "train",
+        "evaluate",
+        "publish",
+    ]
     assert all(stages[name]["detail"] == NO_REPORT and stages[name]["links"] == [] for name in missing)
     assert stages["fuse"]["status"] == "unreadable" and "JSONDecodeError" in stages["fuse"]["detail"]
     assert stages["ingest"]["counts"]["interactions_ingested"] == 168

@@ -20,7 +20,7 @@ JOBS = [job for stage in stages.STAGES for job in stage.jobs]
 
 
 def test_built_in_modalities_are_the_extractors():
-    from jobs.extract import MODALITY_INPUTS
+    from jobs.modality_inputs import MODALITY_INPUTS
 
     assert stages.BUILT_IN_MODALITIES == tuple(MODALITY_INPUTS)
 
@@ -54,7 +54,9 @@ def test_the_backfill_has_a_value_for_every_keyword():
 
 def test_fanned_out_jobs_name_one_task_per_item():
     extract, imports = stages.stage("extract").jobs
-    assert [extract.task_id(item) for item in extract.items({})] == [f"extract_{m}" for m in stages.BUILT_IN_MODALITIES]
+    assert [extract.task_id(item) for item in extract.items({})] == [
+        f"extract_{m}" for m in stages.BUILT_IN_MODALITIES
+    ]
     items = imports.items({"b": "/b.csv", "a": "/a.parquet"})
     assert [imports.task_id(item) for item in items] == ["import_a", "import_b"]
     assert imports.application_args(items[0])[-4:] == ["--name", "a", "--vectors", "/a.parquet"]

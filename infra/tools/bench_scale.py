@@ -61,9 +61,12 @@ class TreeMemory(PeakMemory):
                 try:
                     rss = process.memory_info().rss
                     role = (
-                        "driver_python" if process.pid == self.pid
-                        else "jvm" if process.name() == "java" else "python_workers"
-                    )  # fmt: skip
+                        "driver_python"
+                        if process.pid == self.pid
+                        else "jvm"
+                        if process.name() == "java"
+                        else "python_workers"
+                    )
                 except psutil.Error:
                     continue
                 now[role] += rss
@@ -282,8 +285,10 @@ def serving_probe(fraction: float, work: Path, blocks: int, seed: int = 0) -> di
     data_dir = work / f"fraction-{fraction:g}" / "data"
     if not (data_dir / "summary.json").is_file():
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        run_stage(["scale-data", "--out", str(data_dir), "--fraction", str(fraction), "--seed", str(seed)],
-                  data_dir.parent / "generate.log")  # fmt: skip
+        run_stage(
+            ["scale-data", "--out", str(data_dir), "--fraction", str(fraction), "--seed", str(seed)],
+            data_dir.parent / "generate.log",
+        )
     result: dict = {"fraction": fraction}
     with PeakMemory(children=False) as memory:
         started = time.monotonic()
@@ -291,9 +296,11 @@ def serving_probe(fraction: float, work: Path, blocks: int, seed: int = 0) -> di
         catalog = pq.read_table(data_dir / "catalog.parquet").to_pandas().sort_values("item_id")
         vectors = pq.read_table(data_dir / "vectors.parquet").to_pandas().sort_values("item_id")
         data = index_interactions(
-            events["user_id"].to_numpy(), events["item_id"].to_numpy(), events["timestamp"].to_numpy(),
+            events["user_id"].to_numpy(),
+            events["item_id"].to_numpy(),
+            events["timestamp"].to_numpy(),
             catalog["item_id"].to_numpy(),
-        )  # fmt: skip
+        )
         del events
         genre_names = sorted({g for genres in catalog["genres"] for g in genres.split("|")})
         position = {g: i for i, g in enumerate(genre_names)}
@@ -306,8 +313,13 @@ def serving_probe(fraction: float, work: Path, blocks: int, seed: int = 0) -> di
         items = ItemSide({"content": content}, genres)
         result["load_seconds"] = round(time.monotonic() - started, 1)
         result.update(users=int(data.interactions.n_users), pairs=len(data.interactions))
-        log.info("probe %g: loaded %d pairs of %d users in %.1f s", fraction, len(data.interactions),
-                 data.interactions.n_users, result["load_seconds"])  # fmt: skip
+        log.info(
+            "probe %g: loaded %d pairs of %d users in %.1f s",
+            fraction,
+            len(data.interactions),
+            data.interactions.n_users,
+            result["load_seconds"],
+        )
 
         started = time.monotonic()
         settings = RankerSettings()

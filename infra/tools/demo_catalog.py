@@ -27,7 +27,6 @@ PRIMARY_GENRE_NOISE = 0.1
 SECONDARY_GENRE_NOISE = 0.2
 
 
-
 def assign_clusters(items: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
     # Even spread, so a tiny demo still has every cluster populated.
     return rng.permutation(np.arange(items) % clusters)
@@ -126,4 +125,3 @@ def build_catalog(config: DemoDataConfig) -> list[CatalogItem]:
             )
         )
     return catalog
-

@@ -110,7 +110,6 @@ class Interaction:
     event_second: int  # seconds since the start of the span (start_date 00:00:00 UTC)
 
 
-
 def stream_rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
     """An independent generator per (seed, stream, index), so streams never shift each other."""
     return np.random.default_rng([seed, stream, index])

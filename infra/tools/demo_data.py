@@ -80,9 +80,16 @@ log = logging.getLogger("modalrank.demo_data")
 
 SOURCE = "demo"
 CATALOG_COLUMNS = (
-    "item_id", "title", "overview", "genres", "tags",
-    "poster_path", "audio_path", "video_path", "available_from",
-)  # fmt: skip
+    "item_id",
+    "title",
+    "overview",
+    "genres",
+    "tags",
+    "poster_path",
+    "audio_path",
+    "video_path",
+    "available_from",
+)
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "event_time", "source")
 DEFAULT_CONFIG = DemoDataConfig()
 

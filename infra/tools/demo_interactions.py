@@ -135,4 +135,3 @@ def make_fault_rows(
             int(rng.integers(span_seconds)),
         ),
     ]
-

@@ -31,6 +31,7 @@ from jobs.ranking.kernels import sparse_times_sparse
 if TYPE_CHECKING:  # types only: jobs.ranking.ranker imports this module
     from jobs.ranking.ranker import RankerSettings
 
+
 @dataclass
 class BaseModels:
     """The collaborative and content statistics the features are computed from, fit on one set of pairs."""
@@ -196,8 +197,16 @@ def candidates_and_features(
     sims = {m: base.profiles[m][users] @ items.blocks[m].T for m in modalities}
     content = sum(sims.values()) if sims else np.zeros_like(ease)  # a new array either way: masked below
     genre = base.genre_profiles[users] @ genre_rows.T
-    scores = {"ease": ease, "knn": knn, "ease_recent": ease_recent, "seq": seq, "user_knn": user_knn,
-              "seq_recent": seq_recent, "genre": genre, "content": content}  # fmt: skip
+    scores = {
+        "ease": ease,
+        "knn": knn,
+        "ease_recent": ease_recent,
+        "seq": seq,
+        "user_knn": user_knn,
+        "seq_recent": seq_recent,
+        "genre": genre,
+        "content": content,
+    }
     cold = np.flatnonzero(base.item_counts == 0)
     # The "relative" features divide by the row's best score over every item, the user's own included:
     # taken before the candidate search below overwrites the ineligible entries.
@@ -224,9 +233,14 @@ def candidates_and_features(
         content_of_cold = content[:, cold]
         content[:, cold] = -np.inf  # the warm-content source: cold items come from their own source
         pop = np.broadcast_to(base.item_counts.astype(np.float32), ease.shape).copy()
-        sources = [(ease, settings.candidates_per_source), (knn, settings.candidates_per_source),
-                   (ease_recent, settings.candidates_per_source), (seq, settings.candidates_per_source),
-                   (content, settings.candidates_per_source), (pop, settings.candidates_per_source)]  # fmt: skip
+        sources = [
+            (ease, settings.candidates_per_source),
+            (knn, settings.candidates_per_source),
+            (ease_recent, settings.candidates_per_source),
+            (seq, settings.candidates_per_source),
+            (content, settings.candidates_per_source),
+            (pop, settings.candidates_per_source),
+        ]
         picked_rows, picked_items = [], []
         for source, n, columns in [(ineligible_to_minus_inf(source), n, None) for source, n in sources] + [
             (cold_content, settings.cold_candidates, cold)
@@ -243,7 +257,9 @@ def candidates_and_features(
             picked_items.append(top[finite] if columns is None else columns[top[finite]])
         content[:, cold] = content_of_cold
         # Each (row, item) once, in row-major order.
-        pair_keys = np.unique(np.concatenate(picked_rows).astype(np.int64) * n_items + np.concatenate(picked_items))
+        pair_keys = np.unique(
+            np.concatenate(picked_rows).astype(np.int64) * n_items + np.concatenate(picked_items)
+        )
         row, item = pair_keys // n_items, pair_keys % n_items
 
     pairs = CandidatePairs(base, items, settings.window_days, scores, row_best, sims, users, row, item)

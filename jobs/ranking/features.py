@@ -76,7 +76,9 @@ def _relative(name: str) -> FeatureColumn:
 def _interactions_around_user_time(pairs: CandidatePairs) -> np.ndarray:
     """log(1 + the item's interactions within `window_days` either side of the user's last event)."""
     window = int(pairs.window_days * DAY)
-    return np.log1p(pairs.base.interactions_between(pairs.item, pairs.user_time - window, pairs.user_time + window))
+    return np.log1p(
+        pairs.base.interactions_between(pairs.item, pairs.user_time - window, pairs.user_time + window)
+    )
 
 
 def _item_age(pairs: CandidatePairs) -> np.ndarray:
@@ -123,7 +125,9 @@ def feature_columns(modalities: list[str]) -> list[tuple[str, FeatureColumn]]:
     """Every (name, column) of the feature matrix for an item side with `modalities`, in column order."""
     columns = list(PAIR_FEATURES)
     for modality in modalities:
-        columns += [(template.format(modality), _for_modality(column, modality)) for template, column in MODALITY_FEATURES]
+        columns += [
+            (template.format(modality), _for_modality(column, modality)) for template, column in MODALITY_FEATURES
+        ]
     return columns
 
 

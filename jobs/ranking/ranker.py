@@ -143,9 +143,14 @@ class HybridRanker:
         self.log.pairs, self.log.positives = len(training_set.labels), int(training_set.labels.sum())
         self.log.users = len(np.unique(training_set.groups))
         self.net = train_network(
-            (features - self.mean) / self.std, training_set.labels, training_set.groups, training_set.cold,
-            self.settings, self.log, self.name,
-        )  # fmt: skip
+            (features - self.mean) / self.std,
+            training_set.labels,
+            training_set.groups,
+            training_set.cold,
+            self.settings,
+            self.log,
+            self.name,
+        )
         self.log.seconds = round(time.monotonic() - started, 1)
         return self
 
@@ -157,9 +162,15 @@ class HybridRanker:
         allowed = np.ones(base.train.n_items, dtype=bool) if allowed is None else allowed
         genre_rows = normalised_rows(items.genres.toarray().astype(np.float32))
         found = candidates_and_features(
-            base, items, genre_rows, items.modalities, self.settings, users, allowed,
+            base,
+            items,
+            genre_rows,
+            items.modalities,
+            self.settings,
+            users,
+            allowed,
             all_allowed=allowed.sum() <= SCORE_EVERY_ALLOWED_BELOW,
-        )  # fmt: skip
+        )
         features = found.features[:, fitted(self.columns, self)]
         with torch.no_grad():
             pair_scores = net(torch.from_numpy((features - self.mean) / self.std)).numpy()
@@ -215,9 +226,15 @@ class HybridRanker:
         return TopK(row, (rank + 1).astype(np.int32), item, score)
 
     def _fill_short_rows(
-        self, users: np.ndarray, short: np.ndarray, counts: np.ndarray, row: np.ndarray, item: np.ndarray,
-        allowed: np.ndarray, k: int,
-    ) -> list[np.ndarray]:  # fmt: skip
+        self,
+        users: np.ndarray,
+        short: np.ndarray,
+        counts: np.ndarray,
+        row: np.ndarray,
+        item: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+    ) -> list[np.ndarray]:
         """For the block rows `short`, which have `counts` < k candidates (`row`, `item`): their best
         non-candidate eligible items, as [rows, items, scores, ranks] (0-based, after the candidates)."""
         seen, fallback = fitted(self.base, self).seen, self.non_candidate_scores()
@@ -254,4 +271,3 @@ def fit_variants(
         chosen = dataclasses.replace(settings, modalities=tuple(modalities) if modalities is not None else None)
         rankers[name] = HybridRanker(chosen, name).fit_from(training_set, base, items)
     return rankers
-

@@ -247,7 +247,12 @@ def ablation_rows(metrics: pd.DataFrame) -> list[tuple[str, str, str, float]]:
 
 def _ablation_section(metrics: pd.DataFrame) -> dict[str, Any]:
     rows = ablation_rows(metrics)
-    section: dict[str, Any] = {"protocol": ABLATION_PROTOCOL, "column": ABLATION_COLUMN, "table": None, "chart": None}
+    section: dict[str, Any] = {
+        "protocol": ABLATION_PROTOCOL,
+        "column": ABLATION_COLUMN,
+        "table": None,
+        "chart": None,
+    }
     if rows:
         section["chart"] = bar_chart(
             [label for _, label, _, _ in rows],
@@ -289,7 +294,9 @@ def evaluation_page(metrics: pd.DataFrame, context: Mapping[str, Any]) -> dict[s
         "timings": _timings_table(context.get("timings") or {}),
         "targets": _targets_table(context.get("targets") or []),
         "notes": context.get("notes") or [],
-        "protocols": [_protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())],
+        "protocols": [
+            _protocol_section(rows, protocol) for protocol in _protocol_order(rows["protocol"].unique())
+        ],
         "ablation": _ablation_section(rows),
     }
 

@@ -158,9 +158,16 @@ def _inner_fold(
     log.info(
         "ranker fold %d: %d pairs fit the base models, %d targets (%d items hidden as cold); "
         "%d candidate pairs for %d users hold %d of their %d targets (candidate recall %.3f)",
-        fold + 1, len(fit_part), len(target_part), len(hidden_items), len(labels), len(users),
-        int(labels.sum()), int(target_matrix[users].sum()), labels.sum() / max(1, target_matrix[users].sum()),
-    )  # fmt: skip
+        fold + 1,
+        len(fit_part),
+        len(target_part),
+        len(hidden_items),
+        len(labels),
+        len(users),
+        int(labels.sum()),
+        int(target_matrix[users].sum()),
+        labels.sum() / max(1, target_matrix[users].sum()),
+    )
     return (
         np.concatenate([f.features for f in found_blocks]),
         labels,
@@ -227,13 +234,22 @@ def train_network(
         cold_ndcg = group_ndcg(val_scores[val_cold], val_labels[val_cold], val_groups[val_cold], 20)
         criterion = warm_ndcg + cold_ndcg
         training_log.epochs.append(
-            {"epoch": epoch + 1, "loss": round(total / batches, 5), "val_ndcg@10": round(warm_ndcg, 5),
-             "val_cold_ndcg@20": round(cold_ndcg, 5)}
-        )  # fmt: skip
+            {
+                "epoch": epoch + 1,
+                "loss": round(total / batches, 5),
+                "val_ndcg@10": round(warm_ndcg, 5),
+                "val_cold_ndcg@20": round(cold_ndcg, 5),
+            }
+        )
         log.info(
             "ranker %s: epoch %d/%d loss %.4f, validation nDCG@10 %.4f, cold nDCG@20 %.4f",
-            ranker_name, epoch + 1, settings.epochs, total / batches, warm_ndcg, cold_ndcg,
-        )  # fmt: skip
+            ranker_name,
+            epoch + 1,
+            settings.epochs,
+            total / batches,
+            warm_ndcg,
+            cold_ndcg,
+        )
         if criterion > best:
             best, since_best = criterion, 0
             best_state = {name: value.clone() for name, value in net.state_dict().items()}

@@ -142,9 +142,13 @@ def _quarantine_chart(quarantine: list[dict]) -> tuple[Image, ...]:
         return ()
     labels, rows = [f"{q['stage']}: {q['reason']}" for q in quarantine], [q["rows"] for q in quarantine]
     chart = bar_chart(
-        labels, rows, "Quarantined rows by stage and reason", "quarantined rows", colours="#dd8452",
+        labels,
+        rows,
+        "Quarantined rows by stage and reason",
+        "quarantined rows",
+        colours="#dd8452",
         value_text=_short_number,
-    )  # fmt: skip
+    )
     return (chart,)
 
 
@@ -160,7 +164,9 @@ def sections(run: RunReport, charts: bool = False) -> list[Section]:
     if run.quarantine:
         quarantined = tuple((q["stage"], q["reason"], str(q["rows"])) for q in run.quarantine)
         plots = _quarantine_chart(run.quarantine) if charts else ()
-        result.append(Section("Quarantined rows", 2, "", _table(("stage", "reason", "rows"), quarantined), charts=plots))
+        result.append(
+            Section("Quarantined rows", 2, "", _table(("stage", "reason", "rows"), quarantined), charts=plots)
+        )
     else:
         note = f"None ({run.quarantine_note})." if run.quarantine_note else "None."
         result.append(Section("Quarantined rows", 2, note))

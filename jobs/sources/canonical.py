@@ -10,9 +10,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 ITEM_FIELDS = (
-    "item_id", "title", "year", "overview", "genres", "tags", "imdb_id", "tmdb_id",
-    "poster_path", "audio_path", "video_path", "available_from",
-)  # fmt: skip
+    "item_id",
+    "title",
+    "year",
+    "overview",
+    "genres",
+    "tags",
+    "imdb_id",
+    "tmdb_id",
+    "poster_path",
+    "audio_path",
+    "video_path",
+    "available_from",
+)
 INTERACTION_FIELDS = ("user_id", "item_id", "rating", "weight", "event_time", "source")
 META_FIELDS = ("source_file", "record", "malformed", "row_order", "input", "lines", "input_lines")
 
