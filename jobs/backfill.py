@@ -36,7 +36,7 @@ from jobs import arguments, lease
 from jobs import stages as registry  # a BackfillPlan has a field named `stages`
 from jobs.arguments import dataset_label, positive_int
 from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
-from jobs.ingest import IngestRequest
+from jobs.ingest import IngestRequest, request_from_args
 
 log = logging.getLogger("modalrank.backfill")
 
@@ -186,21 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args: argparse.Namespace) -> BackfillPlan:
     has_sources = bool(args.movielens or args.catalog or args.interactions)
-    sources = (
-        IngestRequest(
-            ds=args.start,
-            movielens=args.movielens,
-            catalog=args.catalog,
-            interactions=args.interactions,
-            overviews=args.overviews,
-            posters=args.posters,
-            audio=args.audio,
-            video=args.video,
-            media_root=args.media_root,
-        )
-        if has_sources
-        else None
-    )
+    sources = request_from_args(args, ds=args.start) if has_sources else None
     return BackfillPlan(
         args.start,
         args.end,

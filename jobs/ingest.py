@@ -298,9 +298,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def request_from_args(args: argparse.Namespace) -> IngestRequest:
+def request_from_args(args: argparse.Namespace, ds: dt.date | None = None) -> IngestRequest:
+    """The sources named on a command line, as of `ds` (default: the command's own --ds)."""
     return IngestRequest(
-        ds=args.ds,
+        ds=args.ds if ds is None else ds,
         movielens=args.movielens,
         catalog=args.catalog,
         interactions=args.interactions,
