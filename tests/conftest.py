@@ -104,10 +104,6 @@ class BuiltLake:
     def demo(self) -> Path:
         return self.root / "demo"
 
-    @property
-    def ds(self):
-        return BUILT_DEMO.end_date
-
     def copy_to(self, folder: Path):
         """A config over a private copy of the lake (tables and artifacts: the lake is its own artifacts
         folder). Delta tables and the artifact store keep relative paths only, so a copy is a whole lake."""
