@@ -403,9 +403,16 @@ class ImageExtractor(Extractor[DecodedImage]):
         return in_input_order(results, len(decoded))
 
     def _embed(self, pending: list, results: dict[int, Extraction]) -> None:
-        embeddings = _normalise_rows(
-            models.efficientnet_embed([image for _, image, _, _ in pending], self.device, self.batch_size)
-        )
+        # Every forward pass is a full batch: a short one is padded with blank images, dropped after.
+        # The CPU kernels round differently at each batch size (up to ~3e-6 here), so without this a
+        # poster's vector would depend on how many others shared its batch: on the partitioning, on
+        # which items failed to decode, and on whether the run was incremental or full.
+        images = [image for _, image, _, _ in pending]
+        blank = np.zeros_like(images[0])
+        images += [blank] * (self.batch_size - len(images))
+        embeddings = _normalise_rows(models.efficientnet_embed(images, self.device, self.batch_size))[
+            : len(pending)
+        ]
         self.inferences += len(pending)
         for (index, _, descriptors, meta), embedding in zip(pending, embeddings, strict=True):
             results[index] = self._vector(np.concatenate([embedding, descriptors]), meta)

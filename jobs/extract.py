@@ -202,7 +202,10 @@ def run_extract(
             for number, (first, last, size) in enumerate(chunks, start=1):
                 chunk = work.where(has_input & F.col("item_id").between(first, last))
                 partitions = min(max(spark.sparkContext.defaultParallelism, size // (spec.batch_size * 2)), 64)
-                extracted = chunk.repartition(partitions).mapInPandas(worker, _RESULT_SCHEMA)
+                # By item id, in item-id order: the same items make the same model batches whatever order
+                # the table's files were listed in, so a rerun rounds exactly as the first run did.
+                ordered = chunk.repartition(partitions, "item_id").sortWithinPartitions("item_id")
+                extracted = ordered.mapInPandas(worker, _RESULT_SCHEMA)
                 # Checkpointed so the models run exactly once, whatever the MERGE and the counts read.
                 results = extracted.join(chunk.select("item_id", "content_hash"), "item_id")
                 _commit(features, table, extractor, ds, results.localCheckpoint(eager=True), report)
