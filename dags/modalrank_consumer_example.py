@@ -33,6 +33,7 @@ def write_digest(lake: str | None, artifacts: str | None, ds: str | None, table_
     """
     import datetime
 
+    from jobs.artifacts import write_text
     from jobs.consume import format_sample, read_date, read_latest
 
     lake_config = load_config(lake=lake or None, artifacts=artifacts or None)
@@ -47,11 +48,9 @@ def write_digest(lake: str | None, artifacts: str | None, ds: str | None, table_
         .reset_index()
     )
     # Beside the reports, not in the lake: the lake may be an object store, the digest is a plain file.
-    folder = lake_config.artifacts_dir / "_exports" / ds
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recommendations_digest.csv"
-    digest.to_csv(path.with_suffix(".tmp"), index=False)
-    path.with_suffix(".tmp").replace(path)  # a reader never sees a half-written file
+    path = lake_config.artifacts_dir / "_exports" / ds / "recommendations_digest.csv"
+    # Through the artifact store: a reader never sees a half-written file, two runs never share a temporary.
+    write_text(path, digest.to_csv(index=False))
     return str(path)
 
 

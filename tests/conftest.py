@@ -32,6 +32,9 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.setdefault("MODALRANK_JARS_DIR", str(REPO_ROOT / ".cache" / "jars"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".cache" / "numba"))  # as infra/env.sh
+# Tiny tables, short-lived JVMs: tests/spark-conf/spark-defaults.conf says what it changes and why.
+TEST_SPARK_CONF_DIR = REPO_ROOT / "tests" / "spark-conf"
+os.environ["SPARK_CONF_DIR"] = str(TEST_SPARK_CONF_DIR)
 # Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
 # Spark connection in local mode. Set before any test module imports airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")
@@ -51,10 +54,27 @@ SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3
 BUILT_DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=11)
 
 
+# The longest test files first (their share of a run, measured with --durations), so that two test
+# processes (infra/test.sh hands out whole files in this order) end together rather than one waiting on
+# a long file that started last. crash_rerun comes first because it builds `built_lake`, which four
+# other files wait for. The cluster test (release tier) leads when it is selected.
+LONGEST_FIRST = (
+    "test_cluster.py",
+    "test_crash_rerun.py",
+    "test_ingest.py",
+    "test_backfill.py",
+    "test_extract.py",
+    "test_asof.py",
+    "test_extract_hostile.py",
+    "test_train_evaluate.py",
+    "test_consume.py",
+    "test_publish.py",
+)
+
+
 def pytest_collection_modifyitems(items):
-    """The cluster test first: it is the longest by far, so with two test processes (infra/test.sh) it
-    must start at once, beside everything else, not be left for last."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is None)
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,26 @@ def lists(frame: pd.DataFrame) -> collections.Counter:
 
 
 @pytest.mark.spark
+@pytest.mark.airflow
+def test_a_run_of_the_consumer_dag_digests_the_newest_date(spark, published, airflow_db):
+    """A real Airflow run (`dag.test()`) of the example consumer, started by hand with the lake as its
+    param: its digest counts, per item, the users whose newest lists hold it, at their median rank."""
+    from airflow.dag_processing.dagbag import DagBag
+    from conftest import REPO_ROOT
+
+    config, path, _, _ = published
+    consumer = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["modalrank_consumer_example"]
+    run = consumer.test(logical_date=dt.datetime.now(dt.UTC), run_conf={"lake": config.lake})
+    assert run.state == "success"
+    digest = pd.read_csv(config.artifacts_dir / "_exports" / DS.isoformat() / "recommendations_digest.csv")
+    newest = spark_partition(spark, path, DS)
+    by_item = newest.groupby("item_id")
+    assert dict(zip(digest.item_id, digest.users, strict=True)) == by_item.user_id.nunique().to_dict()
+    assert dict(zip(digest.item_id, digest.median_rank, strict=True)) == by_item["rank"].median().to_dict()
+    assert digest.users.tolist() == sorted(digest.users, reverse=True)
+
+
+@pytest.mark.spark
 def test_latest_ds_is_the_newest_published_date(spark, published):
     _, path, earlier_version, latest_version = published
     assert latest_version == earlier_version + 1
