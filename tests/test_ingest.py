@@ -393,6 +393,20 @@ def accounts(report: IngestReport) -> dict[tuple[str, str], tuple]:
     }
 
 
+def test_a_long_quoted_field_is_one_well_formed_record(spark, tmp_path):
+    """An imported vector file's embedding: thousands of characters between two quotes (MMTF-14K's
+    lines are ~2 kB). The quote check must not take a stack frame per character."""
+    from jobs.sources.files import read_csv_with_header
+
+    vector = ",".join(f"{i / 7:.12f}" for i in range(4_000))  # ~60 kB
+    path = tmp_path / "vectors.csv"
+    path.write_text(f'item_id,embedding\n1,"{vector}"\n2,"a ""quoted"" word"\n3,"open\n', encoding="utf-8")
+    rows = read_csv_with_header(spark, path).orderBy("row_order").toPandas()
+    assert rows["item_id"].tolist() == ["1", "2", "3"]
+    assert rows["embedding"].tolist()[:2] == [vector, 'a "quoted" word']
+    assert rows["malformed"].tolist() == [None, None, "malformed row: unterminated quote"]
+
+
 def test_an_unterminated_quote_costs_its_line_and_every_file_adds_up(spark, lake_config, tmp_path):
     from jobs.run_report import write_run_report
 

@@ -132,8 +132,12 @@ def read_csv_with_header(spark: SparkSession, path: Path, multiline: bool = Fals
         )
     else:
         # A field that opens a quote and never closes it on this line: what is left once every
-        # well-formed quoted field ("..." with "" escapes, between separators) is taken out.
-        unquoted = F.regexp_replace("line", r'(^|,)"(?:[^"]|"")*"(?=,|$)', "$1")
+        # well-formed quoted field ("..." with "" escapes, between separators) is taken out. Written
+        # as runs of non-quotes between escapes: Java's regex engine recurses once per repetition of
+        # a group, so `(?:[^"]|"")*` took one stack frame per character and a 2 kB quoted vector
+        # overflowed the stack (a StackOverflowError kills a local-mode driver). A run of one
+        # character class is a loop, not a recursion; only the "" escapes still nest.
+        unquoted = F.regexp_replace("line", r'(^|,)"[^"]*(?:""[^"]*)*"(?=,|$)', "$1")
         records = (
             lines.join(F.broadcast(per_file), "source_file")
             .where((F.col("row_order") != F.col("first_order")) & (F.trim("line") != ""))
