@@ -32,9 +32,6 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.setdefault("MODALRANK_JARS_DIR", str(REPO_ROOT / ".cache" / "jars"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".cache" / "numba"))  # as infra/env.sh
-# Tiny tables, short-lived JVMs: tests/spark-conf/spark-defaults.conf says what it changes and why.
-TEST_SPARK_CONF_DIR = REPO_ROOT / "tests" / "spark-conf"
-os.environ["SPARK_CONF_DIR"] = str(TEST_SPARK_CONF_DIR)
 # Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
 # Spark connection in local mode. Set before any test module imports airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")

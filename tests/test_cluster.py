@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, SMALL_DEMO, TEST_SPARK_CONF_DIR, run_airflow
+from conftest import REPO_ROOT, SMALL_DEMO, run_airflow
 
 from jobs import lake
 from jobs.config import load_config
@@ -175,10 +175,7 @@ def test_nightly_dag_runs_end_to_end_on_a_standalone_cluster_as_local_mode_would
     )
     spark_conf_dir = tmp_path / "spark-conf"
     spark_conf_dir.mkdir()
-    test_defaults = (TEST_SPARK_CONF_DIR / "spark-defaults.conf").read_text()
-    (spark_conf_dir / "spark-defaults.conf").write_text(
-        f"{test_defaults}spark.executor.memory {EXECUTOR_MEMORY_MB}m\n"
-    )
+    (spark_conf_dir / "spark-defaults.conf").write_text(f"spark.executor.memory {EXECUTOR_MEMORY_MB}m\n")
     monkeypatch.setenv("SPARK_CONF_DIR", str(spark_conf_dir))
     # As a scheduler would have them: both DAGs serialized, the consumer unpaused and waiting.
     run_airflow("dags", "reserialize")
