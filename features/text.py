@@ -87,16 +87,24 @@ class TextExtractor(Extractor):
 
     Inputs are `str`, or UTF-8 `bytes`. Meta per result: `tokens` (how many the model read, [CLS] and
     [SEP] included, so at most 256) and `truncated` (1 when the text had more and its tail was cut).
+
+    On the CPU each text is its own forward pass at its own length (`batch_size` 1): no padding, so a
+    text's vector is a function of the text alone, bit for bit, whatever else was extracted with it (a
+    padded batch rounds differently with its width and row count, which made an item's vector depend on
+    which partition it landed in). Measured on 384 movie overviews, one at a time is as fast as length-
+    sorted batches of 64 (`python -m infra.tools.bench_text`). On a GPU, batches of 64 keep it busy.
     """
 
     modality = "text"
     name = "all-minilm-l6-v2-meanpool"
-    version = "1"
+    version = "2"  # 2: unpadded single-text passes on the CPU (1 padded batches; differs by ~1e-7)
     dim = 384
 
-    def __init__(self, device: str | None = None, batch_size: int = 64) -> None:
+    def __init__(self, device: str | None = None, batch_size: int | None = None) -> None:
         super().__init__()
         self.device = device or models.default_device()
+        if batch_size is None:
+            batch_size = 1 if self.device == "cpu" else 64
         self.batch_size = max(1, int(batch_size))
         self._loaded: tuple[Any, Any, int] | None = None  # (tokenizer, model, max tokens), once loaded
 

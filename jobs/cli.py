@@ -156,6 +156,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_text_batching(args: argparse.Namespace) -> int:
+    from infra.tools import bench
+
+    source, texts = bench.bench_texts(args.texts)
+    print(f"{len(texts)} texts from {source}")
+    for threads in args.threads:
+        result = bench.bench_text_batching(texts, threads)
+        print(
+            f"threads={threads}: one text per pass {result['single_s']:.2f} s, batches of 64 "
+            f"{result['batched_s']:.2f} s, ratio {result['ratio']:.2f}, largest vector difference "
+            f"{result['max_abs_diff']:.1e}",
+            flush=True,
+        )
+    return 0
+
+
 def _bench_scale(args: argparse.Namespace) -> int:
     from infra.tools import bench_scale
 
@@ -270,6 +286,12 @@ def _add_tooling_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--modalities", nargs="+", default=list(extract.MODALITY_INPUTS), choices=list(extract.MODALITY_INPUTS)
     )
     bench_extract.set_defaults(handler=_bench)
+    text_batching = benches.add_parser(
+        "text-batching", help="MiniLM one text per pass (the CPU default) vs padded batches of 64"
+    )
+    text_batching.add_argument("--texts", type=positive_int, default=384, help="how many texts (384)")
+    text_batching.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="torch threads")
+    text_batching.set_defaults(handler=_bench_text_batching)
     bench_scale_parser = benches.add_parser(
         "scale", help="ingest → fuse → train → publish on ml-25m-shaped data at growing sizes, vs Spark ALS"
     )

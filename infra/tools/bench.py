@@ -4,6 +4,10 @@
 batched loop over the same items with the same extractor (the fastest a single Python process gets on
 this machine), then times a no-change rerun, and samples the peak memory of the whole process tree
 (driver, JVM, Python workers).
+
+`modalrank bench text-batching` times the text extractor's two ways through MiniLM on the same texts:
+one unpadded pass per text (the CPU default, exact whatever shares a call) against length-sorted padded
+batches of 64, and prints the ratio and the largest difference between their vectors.
 """
 
 from __future__ import annotations
@@ -177,6 +181,55 @@ def bench_extract(datasets: list[str], modalities: list[str]) -> list[ExtractBen
             finally:
                 spark.stop()
     return rows
+
+
+def bench_texts(limit: int) -> tuple[str, list[str]]:
+    """(where they came from, up to `limit` texts): ml-latest-small's overviews when ../shared is there,
+    else the demo generator's catalog (titles, genres, tags and overviews composed as extraction does)."""
+    import csv
+
+    from features.text import compose_item_text
+
+    overviews = SHARED_DATA / "overviews" / "movies_with_overview.csv"
+    if overviews.exists():
+        with overviews.open(encoding="utf-8", newline="") as handle:
+            texts = [row["overview"] for row in csv.DictReader(handle) if (row.get("overview") or "").strip()]
+        return str(overviews), texts[:limit]
+    from infra.tools.demo_data import DemoDataConfig, generate_demo_data
+
+    with tempfile.TemporaryDirectory(prefix="modalrank-bench-text-") as tmp:
+        generate_demo_data(Path(tmp), DemoDataConfig())
+        with (Path(tmp) / "catalog.csv").open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    texts = [
+        compose_item_text(r["title"], r["overview"], r["genres"].split("|"), r["tags"].split("|")) for r in rows
+    ]
+    return "the demo catalog", texts[:limit]
+
+
+def bench_text_batching(texts: list[str], threads: int) -> dict[str, float]:
+    """Seconds for the texts one at a time and in batches of 64, both after a warm-up, on `threads`."""
+    import numpy as np
+
+    from features.models import limit_threads
+    from features.text import TextExtractor
+
+    limit_threads(threads)
+    single, batched = TextExtractor(device="cpu"), TextExtractor(device="cpu", batch_size=64)
+    timings, vectors = {}, {}
+    for name, extractor in (("single", single), ("batched", batched)):
+        extractor.extract_batch(texts[:64])  # weights, allocators and kernels: first-call costs
+        started = time.monotonic()
+        results = extractor.extract_batch(texts)
+        timings[name] = time.monotonic() - started
+        vectors[name] = np.stack([result.vector for result in results if result.ok])
+    return {
+        "texts": float(len(texts)),
+        "single_s": timings["single"],
+        "batched_s": timings["batched"],
+        "ratio": timings["single"] / timings["batched"],
+        "max_abs_diff": float(np.abs(vectors["single"] - vectors["batched"]).max()),
+    }
 
 
 def format_table(rows: list[ExtractBenchRow], header: bool = True) -> str:
