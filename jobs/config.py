@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobs.arguments import ARTIFACTS, LAKE, boolean, optional_artifacts, optional_lake, run_date
 
@@ -97,13 +98,15 @@ class PipelineConfig:
 
     def with_overrides(self, **overrides: object) -> PipelineConfig:
         """A copy with the given fields replaced; `None` values mean "not given" and are ignored."""
-        given = {key: value for key, value in overrides.items() if value is not None}
-        return dataclasses.replace(self, **given)
+        given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **given)  # an unknown field raises TypeError
 
     @property
     def artifacts_dir(self) -> Path:
         """The folder that holds `_models/` and `_reports/`: `artifacts`, or else the local lake's own."""
-        return Path(self.artifacts or local_path(self.lake))
+        folder = self.artifacts or local_path(self.lake)
+        assert folder is not None, "__post_init__ refuses a URI lake without an artifacts folder"
+        return Path(folder)
 
     @property
     def models_dir(self) -> Path:
