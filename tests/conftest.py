@@ -7,6 +7,8 @@ venv behaves like `infra/test.sh`.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -18,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,13 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.setdefault("MODALRANK_JARS_DIR", str(REPO_ROOT / ".cache" / "jars"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".cache" / "numba"))  # as infra/env.sh
+# Tiny tables: tests/spark-conf/spark-defaults.conf says what it changes and why.
+os.environ["SPARK_CONF_DIR"] = str(REPO_ROOT / "tests" / "spark-conf")
+# For the environment of a job process a test starts and kills or waits for (a JVM that lives a minute):
+# the JIT's first tier only, since the second would compile hot methods again on the same two cores (a
+# cold `python -m jobs.publish` on a small lake: 31 s, 27 s with it), and a larger thread stack, since
+# first-tier frames are bigger (the shared sessions, which live for the whole run, keep the defaults).
+SHORT_LIVED_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -Xss4m"}
 # Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
 # Spark connection in local mode. Set before any test module imports airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")
@@ -128,34 +138,84 @@ class BuiltLake:
         return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
 
 
-def _build_lake(spark, root: Path) -> BuiltLake:
-    from jobs.fuse import run_fuse
-    from jobs.train import run_train
-
-    generate_demo_data(root / "demo", BUILT_DEMO)
-    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
-    ingest_with_taste_vectors(spark, config, root / "demo", BUILT_DEMO.clusters, BUILT_DEMO.end_date)
-    fused = run_fuse(spark, config, BUILT_DEMO.end_date)
-    trained = run_train(spark, config, BUILT_DEMO.end_date)
-    return BuiltLake(root, fused.fusion_version, trained.version)
+def _once_per_run(tmp_path_factory, name: str, build) -> tuple[Path, Any]:
+    """(`<run>/<name>`, its JSON card) where `build(folder)` filled the folder and returned the card, once
+    per test run: under pytest-xdist the first process to ask builds in the run's common temporary folder
+    while the other waits on a lock, then both read it."""
+    common = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        common = common.parent  # basetemp is <run>/popen-gw<N>: the run's folder is shared
+    root, card = common / name, common / f"{name}.json"
+    with (common / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not card.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            card.write_text(json.dumps(build(root)))
+        return root, json.loads(card.read_text())
 
 
 @pytest.fixture(scope="session")
 def built_lake(spark, tmp_path_factory) -> BuiltLake:
-    """Built once per test run: under pytest-xdist the first process to ask builds it in the run's
-    common temporary folder while the other waits on a lock, then both read it."""
-    common = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        common = common.parent  # basetemp is <run>/popen-gw<N>: the run's folder is shared
-    root, card = common / "built-lake", common / "built-lake.json"
-    with (common / "built-lake.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not card.exists():
-            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
-            built = _build_lake(spark, root)
-            card.write_text(json.dumps({"fusion_version": built.fusion_version, "ranker": built.ranker_version}))
-        versions = json.loads(card.read_text())
+    """Built once per test run (`_once_per_run`)."""
+
+    def build(root: Path) -> dict:
+        from jobs.fuse import run_fuse
+        from jobs.train import run_train
+
+        generate_demo_data(root / "demo", BUILT_DEMO)
+        config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
+        ingest_with_taste_vectors(spark, config, root / "demo", BUILT_DEMO.clusters, BUILT_DEMO.end_date)
+        fused = run_fuse(spark, config, BUILT_DEMO.end_date)
+        trained = run_train(spark, config, BUILT_DEMO.end_date)
+        return {"fusion_version": fused.fusion_version, "ranker": trained.version}
+
+    root, versions = _once_per_run(tmp_path_factory, "built-lake", build)
     return BuiltLake(root, versions["fusion_version"], versions["ranker"])
+
+
+# The backfilled lake's dates: SMALL_DEMO's last three days (a Monday to a Wednesday of one training week).
+BACKFILL_DATES = [SMALL_DEMO.end_date - dt.timedelta(days=days) for days in (2, 1, 0)]
+BACKFILL_K = 5
+
+
+@dataclass(frozen=True)
+class BackfilledLake:
+    """SMALL_DEMO backfilled over BACKFILL_DATES on a fresh lake (every stage, text only, weekly training,
+    K = BACKFILL_K), and what `run_backfill` said of each date. Read-only, like `built_lake`: the backfill
+    tests check it, and the as-of tests compare an older date re-run elsewhere with its first date."""
+
+    config: object  # jobs.config.PipelineConfig
+    results: list  # jobs.backfill.DateResult per date, in date order
+
+    def copy_to(self, folder: Path):
+        shutil.copytree(self.config.lake, folder / "lake")
+        return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
+
+
+@pytest.fixture(scope="session")
+def backfilled_lake(spark, small_demo, tmp_path_factory) -> BackfilledLake:
+    from jobs.backfill import BackfillPlan, DateResult, run_backfill
+    from jobs.ingest import IngestRequest
+
+    def build(root: Path) -> list:
+        config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
+        sources = IngestRequest(
+            ds=BACKFILL_DATES[0], catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"
+        )
+        plan = BackfillPlan(
+            BACKFILL_DATES[0],
+            BACKFILL_DATES[-1],
+            sources,
+            stages=("ingest", "extract", "fuse", "train", "publish", "report"),
+            modalities=("text",),
+            train_every_days=7,
+            k=BACKFILL_K,
+        )
+        return [dataclasses.asdict(result) for result in run_backfill(spark, config, plan)]
+
+    root, results = _once_per_run(tmp_path_factory, "backfilled-lake", build)
+    config = load_config(lake=str(root / "lake"), shuffle_partitions=2)
+    return BackfilledLake(config, [DateResult(**result) for result in results])
 
 
 def shared_path(*parts: str) -> Path:

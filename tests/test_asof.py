@@ -3,9 +3,9 @@ lake that only ran the older date publishes (same rows, same model version), and
 newer catalog content in place.
 
 Lake 1 runs B (newer), whose catalog has changed one item's overview and added an item without an
-`available_from`, then A (older) with the original catalog; lake 2 runs only A. A and B share one weekly
-training date (the Sunday before both), so on lake 1 that date's fusion and ranker were first made
-while B ran, on what lake 1 knew then.
+`available_from`, then A (older) with the original catalog; lake 2 (conftest's `backfilled_lake`) ran A
+first, on a fresh lake, before its later dates. A and B share one weekly training date (the Sunday before
+both), so on lake 1 that date's fusion and ranker were first made while B ran, on what lake 1 knew then.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import SMALL_DEMO
+from conftest import BACKFILL_DATES, BACKFILL_K, SMALL_DEMO
 
 from jobs import lake
 from jobs.schemas import CATALOG, CATALOG_HISTORY, RECOMMENDATIONS
@@ -64,7 +64,7 @@ def _run(spark, config, demo, ds, catalog_file):
 
 
 @pytest.fixture(scope="module")
-def two_lakes(spark, small_demo, tmp_path_factory):
+def two_lakes(spark, small_demo, tmp_path_factory, request):
     from jobs.config import load_config
 
     root = tmp_path_factory.mktemp("asof")
@@ -72,12 +72,15 @@ def two_lakes(spark, small_demo, tmp_path_factory):
     shutil.copytree(small_demo, demo)
     _newer_catalog(demo)
     newer_first = load_config(lake=str(root / "lake1"), shuffle_partitions=2)
-    fresh = load_config(lake=str(root / "lake2"), shuffle_partitions=2)
     newer = _run(spark, newer_first, demo, NEWER, "catalog_newer.csv")
     newer_rows = _partition(spark, newer_first, NEWER)
     older = _run(spark, newer_first, demo, OLDER, "catalog.csv")
-    fresh_older = _run(spark, fresh, demo, OLDER, "catalog.csv")
-    return newer_first, fresh, newer, older, fresh_older, newer_rows
+    # Lake 2: conftest's backfilled lake, whose first date is OLDER, run first on a fresh lake with the
+    # original catalog and these settings (plus the run report, which publishes nothing). Asked for only
+    # now: under pytest-xdist the other process may be building it meanwhile.
+    fresh_lake = request.getfixturevalue("backfilled_lake")
+    assert BACKFILL_DATES[0] == OLDER and BACKFILL_K == K
+    return newer_first, fresh_lake.config, newer, older, fresh_lake.results[0], newer_rows
 
 
 def _partition(spark, config, ds) -> pd.DataFrame:

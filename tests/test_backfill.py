@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMALL_DEMO
+from conftest import BACKFILL_DATES, BACKFILL_K, SMALL_DEMO
 
 from jobs import lake
 from jobs.schemas import CATALOG, INTERACTIONS, RECOMMENDATIONS
 from jobs.train import training_date
 
 END = SMALL_DEMO.end_date  # 2026-11-25, a Wednesday
-DATES = [END - dt.timedelta(days=2), END - dt.timedelta(days=1), END]
-K = 5
+DATES = BACKFILL_DATES  # conftest's `backfilled_lake`: these three dates backfilled on a fresh lake
+K = BACKFILL_K
 
 
 @pytest.mark.parametrize(
@@ -40,35 +40,13 @@ def test_a_cadence_below_one_day_is_refused():
         training_date(END, 0)
 
 
-@pytest.fixture(scope="module")
-def backfilled(spark, small_demo, tmp_path_factory):
-    from jobs.backfill import BackfillPlan, run_backfill
-    from jobs.config import load_config
-    from jobs.ingest import IngestRequest
-
-    config = load_config(lake=str(tmp_path_factory.mktemp("backfill") / "lake"), shuffle_partitions=2)
-    sources = IngestRequest(
-        ds=DATES[0], catalog=small_demo / "catalog.csv", interactions=small_demo / "interactions.csv"
-    )
-    plan = BackfillPlan(
-        DATES[0],
-        DATES[-1],
-        sources,
-        stages=("ingest", "extract", "fuse", "train", "publish", "report"),
-        modalities=("text",),
-        train_every_days=7,
-        k=K,
-    )
-    return config, run_backfill(spark, config, plan)
-
-
 def partitions(spark, config) -> pd.DataFrame:
     return lake.read_table(spark, config, RECOMMENDATIONS).select("ds", "user_id", "rank", "item_id").toPandas()
 
 
 @pytest.mark.spark
-def test_a_three_date_backfill_writes_three_complete_partitions(spark, backfilled):
-    config, results = backfilled
+def test_a_three_date_backfill_writes_three_complete_partitions(spark, backfilled_lake):
+    config, results = backfilled_lake.config, backfilled_lake.results
     rows = partitions(spark, config)
     assert sorted(rows.ds.unique()) == DATES
     assert [result.ds for result in results] == [ds.isoformat() for ds in DATES]
@@ -79,8 +57,8 @@ def test_a_three_date_backfill_writes_three_complete_partitions(spark, backfille
 
 
 @pytest.mark.spark
-def test_each_date_uses_only_data_up_to_its_date(spark, backfilled):
-    config, _ = backfilled
+def test_each_date_uses_only_data_up_to_its_date(spark, backfilled_lake):
+    config = backfilled_lake.config
     rows = partitions(spark, config)
     events = lake.read_table(spark, config, INTERACTIONS).toPandas()
     catalog = lake.read_table(spark, config, CATALOG).toPandas()
@@ -107,8 +85,8 @@ def test_each_date_uses_only_data_up_to_its_date(spark, backfilled):
 
 
 @pytest.mark.spark
-def test_the_weekly_cadence_trains_one_model_on_data_up_to_the_sunday(spark, backfilled):
-    config, results = backfilled
+def test_the_weekly_cadence_trains_one_model_on_data_up_to_the_sunday(spark, backfilled_lake):
+    config, results = backfilled_lake.config, backfilled_lake.results
     ranker_dir = Path(config.lake) / "_models" / "ranker"
     sunday = training_date(END, 7)
     pointers = [json.loads((ranker_dir / "by_ds" / f"{ds.isoformat()}.json").read_text()) for ds in DATES]
@@ -124,10 +102,12 @@ def test_the_weekly_cadence_trains_one_model_on_data_up_to_the_sunday(spark, bac
 
 
 @pytest.mark.spark
-def test_rerunning_an_older_date_changes_neither_its_partition_nor_the_current_model(spark, backfilled):
+def test_rerunning_an_older_date_changes_neither_its_partition_nor_the_current_model(
+    spark, backfilled_lake, tmp_path
+):
     from jobs.backfill import BackfillPlan, run_backfill
 
-    config, _ = backfilled
+    config = backfilled_lake.copy_to(tmp_path)
     before = partitions(spark, config).sort_values(["ds", "user_id", "rank"], ignore_index=True)
     current = (Path(config.lake) / "_models" / "ranker" / "current.json").read_text()
     plan = BackfillPlan(DATES[1], DATES[1], None, stages=("train", "publish"), train_every_days=7, k=K)

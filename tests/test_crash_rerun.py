@@ -1,16 +1,18 @@
 """kill -9 between the writes of ingest, fuse, train and publish, then a rerun: the same tables and artifacts as a run
-that was never interrupted. And real job processes racing on one date and on two dates of one training week.
+that was never interrupted. And a job process racing the same job in the test's own process, on one date and on
+two dates of one training week.
 
 A copy of the suite's built lake (conftest's `built_lake`: ingested, fused, trained), published once
 in-process: the baseline. Each crash test runs a job as its own process (`python -m jobs.<stage>`) with
 `MODALRANK_CRASH_AT` naming a crash point (`jobs.faults`: SIGKILL, no cleanup), checks what the dead run
 left, reruns the stage in-process and compares with the baseline: table rows, artifact checksums from the
-manifests, pointers. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
+manifests, pointers. Each race runs a job process against the same job in this process. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
 tables are what they read; their artifacts are what they write), so every test starts from nothing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import json
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import BUILT_DEMO, REPO_ROOT
+from conftest import BUILT_DEMO, REPO_ROOT, SHORT_LIVED_JVM
 
 from jobs import artifacts, lake
 from jobs.config import PipelineConfig, load_config
@@ -113,6 +115,7 @@ def fresh_artifacts(baseline: Baseline, name: str) -> PipelineConfig:
 def job_process(stage: str, config: PipelineConfig, *args: str, crash_at: str | None = None) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key != "MODALRANK_CRASH_AT"}
     env |= {"PYTHONPATH": str(REPO_ROOT), "MODALRANK_DRIVER_MEMORY": "1g", "MODALRANK_SHUFFLE_PARTITIONS": "2"}
+    env |= SHORT_LIVED_JVM
     if crash_at:
         env["MODALRANK_CRASH_AT"] = crash_at
     command = [sys.executable, "-m", f"jobs.{stage}", "--ds", str(args[0]), "--lake", config.lake]
@@ -265,7 +268,17 @@ def test_publish_killed_between_its_writes_reruns_to_the_same_lists(spark, basel
 
 
 # ---------------------------------------------------------------------------------------------------
-# Real job processes racing
+# A job process racing the same job in this test's own process: two drivers on one lake, as two Airflow
+# tasks (or a backfill beside the nightly run) would be. One cold process per race rather than two: the
+# leases are files, so a driver in this process contends for them as any other process would.
+
+
+def racing(process: subprocess.Popen, run_here):
+    """((exit code, output) of `process`, what `run_here()` returned), the two running at once."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        here = pool.submit(run_here)
+        there = finish(process)
+        return there, here.result()
 
 
 def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline):
@@ -273,15 +286,15 @@ def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline)
     date's lease and reuses it. Both finish; one verified ranker; both dates point at it."""
     from jobs.fuse import run_fuse
     from jobs.ranker_inputs import date_pointer
-    from jobs.train import training_date
+    from jobs.train import run_train, training_date
 
     config = fresh_artifacts(baseline, "train-race")
     sunday = training_date(DS, 7)
     dates = [sunday, sunday + dt.timedelta(days=1)]
     run_fuse(spark, config, sunday, every_days=7)  # train reads the vectors fused for its training date
-    processes = [job_process("train", config, ds.isoformat(), "--every-days", "7") for ds in dates]
-    results = [finish(process) for process in processes]
-    assert [code for code, _ in results] == [0, 0], "\n".join(output[-3000:] for _, output in results)
+    process = job_process("train", config, dates[0].isoformat(), "--every-days", "7")
+    (code, output), _ = racing(process, lambda: run_train(spark, config, dates[1], every_days=7))
+    assert code == 0, output[-3000:]
 
     reports = [json.loads((config.reports_dir / ds.isoformat() / "train.json").read_text()) for ds in dates]
     assert sorted(report["reused"] for report in reports) == [False, True]
@@ -296,13 +309,15 @@ def test_two_dates_of_one_training_week_racing_build_one_ranker(spark, baseline)
 def test_two_publishes_of_one_date_racing_both_leave_the_same_lists(spark, baseline):
     """The second run waits for the date's lease (or starts after the first ended); each scores from its
     own serving folder, so neither removes what the other loads. Two commits, the same rows."""
+    from jobs.publish import run_publish
     from jobs.serving import serving_root
 
     config = baseline.config
     version = table_version(spark, config)
-    processes = [job_process("publish", config, DS.isoformat(), "--k", str(K)) for _ in range(2)]
-    results = [finish(process) for process in processes]
-    assert [code for code, _ in results] == [0, 0], "\n".join(output[-3000:] for _, output in results)
+    process = job_process("publish", config, DS.isoformat(), "--k", str(K))
+    (code, output), report = racing(process, lambda: run_publish(spark, config, DS, k=K))
+    assert code == 0, output[-3000:]
+    assert report.published
     assert table_version(spark, config) == version + 2
     pd.testing.assert_frame_equal(recommendations(spark, config), baseline.recommendations)
     assert not (serving_root(config) / DS.isoformat()).exists()
