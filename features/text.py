@@ -92,7 +92,7 @@ class TextExtractor(Extractor):
     text's vector is a function of the text alone, bit for bit, whatever else was extracted with it (a
     padded batch rounds differently with its width and row count, which made an item's vector depend on
     which partition it landed in). Measured on 384 movie overviews, one at a time is as fast as length-
-    sorted batches of 64 (`python -m infra.tools.bench_text`). On a GPU, batches of 64 keep it busy.
+    sorted batches of 64 (`modalrank bench text-batching`). On a GPU, batches of 64 keep it busy.
     """
 
     modality = "text"
