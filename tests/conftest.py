@@ -52,7 +52,7 @@ os.environ.setdefault("AIRFLOW_CONN_MODALRANK_SPARK", '{"conn_type": "spark", "h
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 from infra.tools.demo_data import DemoDataConfig, generate_demo_data  # noqa: E402
-from jobs.config import load_config  # noqa: E402
+from jobs.config import PipelineConfig, load_config  # noqa: E402
 
 # A catalog small enough for Spark tests to stay quick, large enough for every code path.
 SMALL_DEMO = DemoDataConfig(items=40, users=20, interactions_per_user=10, seed=3)
@@ -131,11 +131,15 @@ class BuiltLake:
     def demo(self) -> Path:
         return self.root / "demo"
 
-    def copy_to(self, folder: Path):
-        """A config over a private copy of the lake (tables and artifacts: the lake is its own artifacts
-        folder). Delta tables and the artifact store keep relative paths only, so a copy is a whole lake."""
-        shutil.copytree(self.root / "lake", folder / "lake")
-        return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
+    def copy_to(self, folder: Path) -> PipelineConfig:
+        return copy_lake(self.root / "lake", folder)
+
+
+def copy_lake(lake: Path | str, folder: Path) -> PipelineConfig:
+    """A config over a private copy of a shared lake in `folder` (tables and artifacts: the lake is its own
+    artifacts folder). Delta tables and the artifact store keep relative paths only, so a copy is a whole lake."""
+    shutil.copytree(lake, folder / "lake")
+    return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
 
 
 def _once_per_run(tmp_path_factory, name: str, build) -> tuple[Path, Any]:
@@ -184,12 +188,11 @@ class BackfilledLake:
     K = BACKFILL_K), and what `run_backfill` said of each date. Read-only, like `built_lake`: the backfill
     tests check it, and the as-of tests compare an older date re-run elsewhere with its first date."""
 
-    config: object  # jobs.config.PipelineConfig
+    config: PipelineConfig
     results: list  # jobs.backfill.DateResult per date, in date order
 
-    def copy_to(self, folder: Path):
-        shutil.copytree(self.config.lake, folder / "lake")
-        return load_config(lake=str(folder / "lake"), shuffle_partitions=2)
+    def copy_to(self, folder: Path) -> PipelineConfig:
+        return copy_lake(self.config.lake, folder)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,9 @@ A copy of the suite's built lake (conftest's `built_lake`: ingested, fused, trai
 in-process: the baseline. Each crash test runs a job as its own process (`python -m jobs.<stage>`) with
 `MODALRANK_CRASH_AT` naming a crash point (`jobs.faults`: SIGKILL, no cleanup), checks what the dead run
 left, reruns the stage in-process and compares with the baseline: table rows, artifact checksums from the
-manifests, pointers. Each race runs a job process against the same job in this process. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
+manifests, pointers. Train and fuse crashes use a fresh artifacts folder over the same lake (the lake's
 tables are what they read; their artifacts are what they write), so every test starts from nothing.
+Each race runs a job process against the same job in this process.
 """
 
 from __future__ import annotations
