@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
-from jobs import arguments
 from jobs.config import load_config
-from jobs.dag_common import default_args, recommendations_asset
+from jobs.dag_common import default_args, lake_params, recommendations_asset
 
 config = load_config()
 # The Asset the nightly DAG's `announce_publish` task updates.
@@ -86,18 +85,7 @@ with DAG(
     tags=["modalrank", "consumer", "example"],
     default_args=default_args(retry_delay=dt.timedelta(minutes=1), execution_timeout=dt.timedelta(minutes=20)),
     params={
-        "lake": Param(
-            config.lake,
-            type="string",
-            description="lake base path or URI",
-            **arguments.LAKE.optional_param_schema(),
-        ),
-        "artifacts": Param(
-            config.artifacts,
-            type="string",
-            description="folder for _exports/ (empty: the lake's own)",
-            **arguments.ARTIFACTS.optional_param_schema(),
-        ),
+        **lake_params(config, "_exports/"),
     },
 ) as dag:
     export_digest()

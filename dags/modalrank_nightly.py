@@ -14,12 +14,17 @@ fits the hybrid ranker on interactions up to the run date and saves a versioned 
 cadence (`train_every_days`, weekly by default): other dates reuse the model of the latest training
 date, chosen by the date alone, so backfills are deterministic and never see the future — and
 `evaluate` scores the ranker against the baselines on three protocols (`metrics`, `eval_truth`,
-`eval_lists`, and an HTML report under `_reports/<ds>/`). `publish` writes every user's top-K list
+`eval_lists`, and an HTML report under `_reports/<ds>/`) on training dates, or when the `full_evaluation`
+param asks; other dates check the model they serve on what happened since it was trained, in seconds. `publish` writes every user's top-K list
 for the date to `recommendations` behind a quality gate, in one Delta commit (a failed gate fails the
 task at once, its retries unused: the same inputs would fail it again); `announce_publish`
 then updates the `modalrank_recommendations` Asset that consumer DAGs schedule on, with the date,
 lake, artifacts folder, table version and model in the event's extra. `run_report` (a teardown: it runs
 even when a stage failed, and does not change the run's outcome) writes `_reports/<ds>/run.html`.
+
+A failed night sends one alert (`jobs.alerts`: every failed stage and its reason, and the run report's
+path) to `MODALRANK_ALERT_TARGET`, and so does a night still running `MODALRANK_NIGHT_DEADLINE_MINUTES`
+after it was queued.
 
 Every Spark task takes a slot of the `modalrank_spark` pool (created by infra/setup.sh), which caps
 how many Spark jobs run at once whatever the executor's parallelism.
@@ -35,58 +40,17 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, cross_downstream, task
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from jobs import arguments, stages
+from jobs.alerts import NightFailed, night_deadline, record_task_failure
 from jobs.config import REPO_ROOT, load_config
-from jobs.dag_common import default_args, recommendations_asset
-from jobs.spark import EXIT_FAIL_WITHOUT_RETRY, FAIL_WITHOUT_RETRY_MARKER, delta_jars, spark_settings
+from jobs.dag_common import default_args, lake_params, recommendations_asset, run_config, spark_job
 
 config = load_config()
 DEMO_DATA = REPO_ROOT / "data" / "demo"
-SPARK_CONNECTION = "modalrank_spark"
-SPARK_POOL = "modalrank_spark"  # infra/setup.sh creates it; its slots cap concurrent Spark jobs
 # Updated by `announce_publish` once a date's lists passed the gate and were committed; consumers schedule on it.
 RECOMMENDATIONS_ASSET = recommendations_asset(config)
-
-
-class ModalrankSparkJob(SparkSubmitOperator):
-    """spark-submit of one modalrank job; a job that exits with EXIT_FAIL_WITHOUT_RETRY (a failed quality
-    gate) fails the task at once, with the job's reason, instead of being retried: rerunning the job on
-    the same inputs would reach the same verdict after the same work. Any other failure (a lost
-    executor, a full disk, a killed driver) is retried as before."""
-
-    def execute(self, context):
-        try:
-            return super().execute(context)
-        except AirflowException as error:
-            process = getattr(self._hook, "_submit_sp", None)
-            if process is None or process.returncode != EXIT_FAIL_WITHOUT_RETRY:
-                raise
-            lines = list(getattr(self._hook, "_last_submit_log_lines", ()))
-            reasons = [
-                line.split(FAIL_WITHOUT_RETRY_MARKER, 1)[1] for line in lines if FAIL_WITHOUT_RETRY_MARKER in line
-            ]
-            reason = reasons[-1].strip() if reasons else f"the job exited with {EXIT_FAIL_WITHOUT_RETRY}"
-            raise AirflowFailException(f"{self.task_id} failed, not retried: {reason}") from error
-
-
-def spark_job(task_id: str, module: str, job_arguments: list[str], **operator_args) -> SparkSubmitOperator:
-    """One `jobs/<module>.py` Spark job, submitted with the settings every modalrank session uses."""
-    return ModalrankSparkJob(
-        task_id=task_id,
-        conn_id=SPARK_CONNECTION,
-        pool=SPARK_POOL,
-        application=str(REPO_ROOT / "jobs" / f"{module}.py"),
-        application_args=job_arguments,
-        name=f"modalrank-{task_id}",
-        conf=spark_settings(config),
-        jars=",".join(delta_jars(config)),
-        driver_memory=config.driver_memory,
-        **operator_args,
-    )
 
 
 @task(outlets=[RECOMMENDATIONS_ASSET])
@@ -96,7 +60,7 @@ def announce_publish(*, outlet_events, ds: str, params: dict) -> dict:
     one) and its artifacts folder, the table version and the model."""
     import json
 
-    lake_config = load_config(lake=params["lake"] or None, artifacts=params["artifacts"] or None)
+    lake_config = run_config(params)
     card = json.loads((lake_config.reports_dir / ds / "publish.json").read_text())
     extra = {
         "ds": ds,
@@ -119,7 +83,7 @@ def run_report(ds: str | None = None, params: dict | None = None) -> str:
 
     from jobs.run_report import write_run_report
 
-    report_config = load_config(lake=params["lake"] or None, artifacts=params["artifacts"] or None)
+    report_config = run_config(params)
     run = write_run_report(report_config, datetime.date.fromisoformat(ds))
     return str(report_config.reports_dir / run.ds / "run.html")
 
@@ -137,21 +101,15 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["modalrank", "nightly"],
-    default_args=default_args(retry_delay=dt.timedelta(minutes=2), execution_timeout=dt.timedelta(hours=2)),
+    default_args={
+        **default_args(retry_delay=dt.timedelta(minutes=2), execution_timeout=dt.timedelta(hours=2)),
+        "on_failure_callback": record_task_failure,
+    },
+    # One alert per failed night (a failed gate is one) and one for a night past its deadline: jobs.alerts.
+    on_failure_callback=NightFailed(),
+    deadline=night_deadline(config),
     params={
-        "lake": Param(
-            config.lake,
-            type="string",
-            description="lake base path or URI (s3a://, hdfs://)",
-            **arguments.LAKE.optional_param_schema(),
-        ),
-        "artifacts": Param(
-            config.artifacts,
-            type="string",
-            **arguments.ARTIFACTS.optional_param_schema(),
-            description="local or mounted folder for _models/ and _reports/ (empty: the lake's own; "
-            "required for an s3a:// or hdfs:// lake)",
-        ),
+        **lake_params(config, "_models/ and _reports/"),
         "catalog": Param(
             str(DEMO_DATA / "catalog.csv"), type="string", description="generic catalog file", **input_path_schema
         ),
@@ -178,6 +136,12 @@ with DAG(
             description="label of the evaluation's rows, e.g. ml-latest-small",
             **arguments.DATASET.param_schema(),
         ),
+        "full_evaluation": Param(
+            False,
+            type="boolean",
+            description="the full evaluation with its ablation even on a date that is not a training date "
+            "(those run a check of the served model)",
+        ),
         "train_every_days": Param(
             7, type="integer", minimum=1, description="train a new ranker every N days (7: Sundays), else reuse"
         ),
@@ -196,9 +160,16 @@ with DAG(
 ) as dag:
     # One task per job of each stage, one per item where a job fans out (extract_text, ..., import_<name>);
     # every task of a stage waits for every task of the stage before (jobs.stages declares both).
+    modalities = [*stages.BUILT_IN_MODALITIES, *sorted(config.imported_vectors)]
     stage_tasks = [
         [
-            spark_job(job.task_id(item), job.module, job.application_args(item))
+            spark_job(
+                config,
+                job.task_id(item),
+                job.module,
+                job.application_args(item),
+                lineage=stages.lineage_tables(stage, item, modalities),
+            )
             for job in stage.jobs
             for item in job.items(config.imported_vectors)
         ]

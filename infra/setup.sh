@@ -26,18 +26,18 @@ else
   echo "setup: Python dependencies up to date"
 fi
 
-# Only Delta's own jars and Unity Catalog's client: Spark already ships Hadoop, Parquet, Jackson and
-# Scala, and a second copy of those on the classpath breaks it.
+# Only Delta's own jars, Unity Catalog's client and OpenLineage's (shaded) listener: Spark already ships
+# Hadoop, Parquet, Jackson and Scala, and a second copy of those on the classpath breaks it.
 jars_stamp="$MODALRANK_JARS_DIR/.stamp.$(sha256sum infra/jars/pom.xml | cut -c1-16)"
 if [ ! -f "$jars_stamp" ]; then
-  echo "setup: fetching Delta Lake jars into $MODALRANK_JARS_DIR"
+  echo "setup: fetching Spark's jars (Delta Lake, OpenLineage) into $MODALRANK_JARS_DIR"
   rm -rf "$MODALRANK_JARS_DIR"
   mvn --quiet --batch-mode -f infra/jars/pom.xml dependency:copy-dependencies \
     -DoutputDirectory="$MODALRANK_JARS_DIR" -DincludeScope=runtime \
-    -DincludeGroupIds=io.delta,io.unitycatalog
+    -DincludeGroupIds=io.delta,io.unitycatalog,io.openlineage
   touch "$jars_stamp"
 else
-  echo "setup: Delta Lake jars up to date"
+  echo "setup: Spark's jars up to date"
 fi
 
 # Opt-in (MODALRANK_S3_JARS=1): Hadoop's S3 connector for an s3a:// lake, at the Hadoop version of the
@@ -54,6 +54,18 @@ print(glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-
     touch "$s3_stamp"
   else
     echo "setup: S3 jars up to date"
+  fi
+fi
+
+# PostgreSQL's server, for the production-shaped Airflow (infra/airflow.sh) and its tests: Debian's package,
+# installed when its programs are missing (as root; otherwise a note, and those tests skip saying why).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing PostgreSQL (Debian's postgresql package)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: no PostgreSQL server here; infra/airflow.sh needs one (apt-get install postgresql, as root)"
   fi
 fi
 

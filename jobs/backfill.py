@@ -54,6 +54,7 @@ class BackfillPlan:
     train_every_days: int = 7
     dataset: str = "demo"
     k: int = 50
+    full_evaluation: bool = False  # the full evaluation on every date, not only on training dates
 
     def __post_init__(self) -> None:
         if self.end < self.start:
@@ -74,6 +75,7 @@ class BackfillPlan:
             "train_every_days": self.train_every_days,
             "dataset": self.dataset,
             "k": self.k,
+            "full_evaluation": self.full_evaluation,
         }
 
 
@@ -179,6 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=dataset_label,
         help="label of the evaluation's rows (default: %(default)s)",
     )
+    arguments.add_boolean_flag(
+        parser,
+        "--full-evaluation",
+        help="the full evaluation on every date (default: on training dates; the others check the served model)",
+    )
     parser.add_argument(
         "--k", type=positive_int, default=DEFAULT_K, help="published list length (default: %(default)s)"
     )
@@ -197,6 +204,7 @@ def plan_from_args(args: argparse.Namespace) -> BackfillPlan:
         args.train_every_days,
         args.dataset,
         args.k,
+        args.full_evaluation,
     )
 
 

@@ -210,17 +210,27 @@ def _scale_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upkeep(args: argparse.Namespace) -> int:
+    from jobs import upkeep
+
+    upkeep.run_from_args(args)
+    return 0
+
+
 def _tables(args: argparse.Namespace) -> int:
     """Every Delta table in the lake with its version and row count, read with delta-rs (no Spark)."""
     from deltalake import DeltaTable
 
     from jobs.config import delta_rs_uri
-    from jobs.consume import arrow_filesystem
+    from jobs.consume import arrow_filesystem, lake_feature_modalities
     from jobs.schemas import ALL_TABLES, features_table
 
     config = load_run_config(args)
     print(f"lake {config.lake}")
-    feature_specs = [features_table(modality) for modality in _feature_modalities(config)]
+    modalities, unlisted = lake_feature_modalities(config)
+    if unlisted:
+        print(f"  ({unlisted})")
+    feature_specs = [features_table(modality) for modality in modalities]
     for spec in (*ALL_TABLES, *feature_specs):
         path = delta_rs_uri(config.table_path(spec.name))
         if not DeltaTable.is_deltatable(path):
@@ -230,30 +240,6 @@ def _tables(args: argparse.Namespace) -> int:
         rows = table.to_pyarrow_dataset(filesystem=arrow_filesystem(table)).count_rows()
         print(f"  {spec.name:<16} version {table.version():>3}  {rows:>9,} rows  {spec.description}")
     return 0
-
-
-def _feature_modalities(config) -> list[str]:
-    """The modalities with a `features_<name>` folder in the lake, sorted.
-
-    Feature tables exist per modality, imported ones under names chosen at import time, so the lake is
-    listed: with pyarrow's filesystems (no JVM here), which take a local path, file:// and s3:// alike.
-    Where pyarrow cannot list (hdfs:// without libhdfs), the built-in and configured modalities stand in.
-    """
-    from pyarrow import fs
-
-    from jobs.config import delta_rs_uri
-
-    try:
-        lake_fs, root = fs.FileSystem.from_uri(delta_rs_uri(config.lake))
-        found = lake_fs.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    except (OSError, ValueError) as error:
-        print(f"  (cannot list {config.lake}: {error}; showing the built-in and configured modalities)")
-        return sorted({*extract.MODALITY_INPUTS, *config.imported_vectors})
-    return sorted(
-        info.base_name.removeprefix("features_")
-        for info in found
-        if info.type == fs.FileType.Directory and info.base_name.startswith("features_")
-    )
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -360,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(report)
     report.add_argument("--fail-if-incomplete", action="store_true", help="exit 1 when a stage did not report")
     report.set_defaults(handler=_report)
+
+    from jobs import upkeep
+
+    upkeep_parser = commands.add_parser(
+        "upkeep", help="OPTIMIZE and VACUUM every table; drop old evaluation lists, reports and unused models"
+    )
+    upkeep.add_arguments(upkeep_parser)
+    upkeep_parser.set_defaults(handler=_upkeep)
 
     _add_tooling_commands(commands)
 

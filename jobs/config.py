@@ -41,8 +41,13 @@ class PipelineConfig:
     driver_memory: str = "4g"
     shuffle_partitions: int = 4
     spark_ui: bool = False
-    # Delta Lake jars, copied from Maven Central by infra/setup.sh; runs never fetch anything.
+    # Spark's jars (Delta Lake, OpenLineage's Spark listener), copied from Maven Central by infra/setup.sh;
+    # runs never fetch anything.
     jars_dir: str = str(REPO_ROOT / ".cache" / "jars")
+    # A folder for OpenLineage's Spark listener: when set, every Spark job the DAGs submit reports each read
+    # and write it makes to a file of its own there, as a child of its Airflow task (infra/airflow.sh sets
+    # it to the deployment's lineage/spark). Empty: Spark reports nothing; Airflow's tasks still do.
+    spark_lineage_dir: str = ""
     # Extra Spark settings, e.g. {"spark.executor.memory": "2g"}.
     spark_conf: dict[str, str] = field(default_factory=dict)
     # Precomputed vector files imported as modalities of their own: {name: CSV or Parquet path}.
@@ -60,6 +65,10 @@ class PipelineConfig:
     max_image_pixels: int = 40_000_000
     # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
     extract_chunk_items: int = 1000
+    # Alerts (jobs.alerts): an http(s) URL that gets each alert as a JSON POST (empty: the alert is written to
+    # the date's report folder and logged), and how long after it was queued a night counts as late.
+    alert_target: str = ""
+    night_deadline_minutes: int = 360
 
     def __post_init__(self) -> None:
         for name in (
@@ -68,9 +77,12 @@ class PipelineConfig:
             "decode_memory_mb",
             "max_image_pixels",
             "extract_chunk_items",
+            "night_deadline_minutes",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        if self.alert_target and urllib.parse.urlsplit(self.alert_target).scheme not in ("http", "https"):
+            raise ValueError(f"alert_target must be an http(s) URL, got {self.alert_target!r}")
         if int(self.lease_timeout_seconds) < 0:
             raise ValueError(f"lease_timeout_seconds must be 0 or more, got {self.lease_timeout_seconds!r}")
         # However the value came (flag, Param, environment, code): a lake path becomes table identifiers
@@ -205,6 +217,7 @@ _ENV_FIELDS = {
     "MODALRANK_SHUFFLE_PARTITIONS": "shuffle_partitions",
     "MODALRANK_SPARK_UI": "spark_ui",
     "MODALRANK_JARS_DIR": "jars_dir",
+    "MODALRANK_SPARK_LINEAGE_DIR": "spark_lineage_dir",
     "MODALRANK_IMPORTED_VECTORS": "imported_vectors",  # JSON: {"mmtf_avf": "/data/mmtf/avf.csv"}
     "MODALRANK_LEASE_TIMEOUT_SECONDS": "lease_timeout_seconds",
     "MODALRANK_MAX_MEDIA_BYTES": "max_media_bytes",
@@ -212,6 +225,8 @@ _ENV_FIELDS = {
     "MODALRANK_DECODE_MEMORY_MB": "decode_memory_mb",
     "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
     "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
+    "MODALRANK_ALERT_TARGET": "alert_target",
+    "MODALRANK_NIGHT_DEADLINE_MINUTES": "night_deadline_minutes",
 }
 
 

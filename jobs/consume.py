@@ -163,3 +163,29 @@ def format_sample(
             title = f"  {titles.get(row.item_id, '')}" if titles else ""
             lines.append(f"  {row.rank:>3}. item {row.item_id:<8} score {row.score:8.4f}{title}".rstrip())
     return "\n".join(lines)
+
+
+def lake_feature_modalities(config) -> tuple[list[str], str | None]:
+    """The modalities with a `features_<name>` folder in the lake, sorted, and why the lake could not be
+    listed (None when it could).
+
+    Feature tables exist per modality, imported ones under names chosen at import time, so the lake is
+    listed: with pyarrow's filesystems (no JVM), which take a local path, file:// and s3:// alike. Where
+    pyarrow cannot list (hdfs:// without libhdfs), the built-in and configured modalities stand in.
+    """
+    from pyarrow import fs
+
+    from jobs.stages import BUILT_IN_MODALITIES
+
+    try:
+        lake_fs, root = fs.FileSystem.from_uri(delta_rs_uri(config.lake))
+        found = lake_fs.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError) as error:
+        unlisted = f"cannot list {config.lake}: {error}; showing the built-in and configured modalities"
+        return sorted({*BUILT_IN_MODALITIES, *config.imported_vectors}), unlisted
+    modalities = sorted(
+        info.base_name.removeprefix("features_")
+        for info in found
+        if info.type == fs.FileType.Directory and info.base_name.startswith("features_")
+    )
+    return modalities, None

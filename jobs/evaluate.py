@@ -7,19 +7,27 @@ ranker on the warm protocols; random, genre-only, content and the ranker (with i
 ablation: each modality alone, all, all minus one) on the cold protocol — the collaborative models
 cannot score an item nobody interacted with.
 
+The full evaluation retrains every model on every protocol (on ml-latest-small, minutes), so it runs on
+training dates only (`--every-days`, as `train` uses it) and when asked (`--full`; `modalrank evaluate`
+always asks). Any other date serves a model trained on an earlier date, and gets the cheap check of that
+served model instead: the saved ranker and popularity, both fitted on the pairs up to the model's
+training date, ranking what each user did after it (protocol `since_training`).
+
 Writes, for the run date and dataset (a label checked by `jobs.arguments.DATASET` before any work), in
 one replaceWhere commit each: `metrics`, `eval_truth` (the held-out pairs) and `eval_lists` (every
 model's top-20 per user), so every number can be recomputed.
 Plus `_reports/<ds>/evaluate_<dataset>.html` (tables and plots), `.md` and `.json`.
 
 Run by the DAG through spark-submit, by `modalrank evaluate`, or by hand:
-    spark-submit jobs/evaluate.py --ds 2026-11-25 --dataset demo
+    spark-submit jobs/evaluate.py --ds 2026-11-25 --dataset demo [--every-days 7 [--full]]
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import datetime as dt
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +37,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from jobs import lake, lease
-from jobs.arguments import DATASET, dataset_label
+from jobs.arguments import DATASET, add_boolean_flag, dataset_label, positive_int
+from jobs.asof import end_of_day, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranker_inputs import RankingData, load_ranking_data
 from jobs.ranking.baselines import (
@@ -39,10 +48,11 @@ from jobs.ranking.baselines import (
     PopularityScorer,
     RandomScorer,
 )
-from jobs.ranking.data import CHRONO, ITEM_COLD, PROTOCOLS, RANDOM, Split, make_split
+from jobs.ranking.data import CHRONO, ITEM_COLD, PROTOCOLS, RANDOM, Split, make_split, since_training_split
 from jobs.ranking.harness import KS, ModelResult, evaluate_model
 from jobs.reports import Report, write_report
 from jobs.schemas import EVAL_LISTS, EVAL_TRUTH, METRICS
+from jobs.serving import ranker_folder
 from jobs.spark import job_entry_point, spark_session
 
 log = logging.getLogger("modalrank.evaluate")
@@ -65,6 +75,8 @@ class EvaluateReport(Report):
 
     ds: str
     dataset: str
+    # "full" (every protocol, every model) or "served-model check" (`check_served_model`).
+    kind: str = "full"
     facts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     targets: list = field(default_factory=list)
@@ -179,6 +191,35 @@ def evaluate_protocol(
     return split, results, timings
 
 
+def check_served_model(loaded: RankingData, config: PipelineConfig, ds: dt.date, report: EvaluateReport):
+    """The ranker `ds` serves (trained on an earlier date) and popularity, both fitted on the pairs known at
+    the end of the model's training date, ranking what each user did after it: a drop here says the served
+    model went stale before its next training date. Seconds where the full evaluation takes minutes."""
+    from jobs.ranking.candidates import fit_base_models
+    from jobs.ranking.serialization import load_ranker
+
+    started = time.monotonic()
+    folder = ranker_folder(config, ds)  # verified against its manifest; fails when train has not run for ds
+    card = json.loads((folder / "ranker.json").read_text())
+    trained_ds = dt.date.fromisoformat(card["trained_ds"])
+    cutoff = calendar.timegm(end_of_day(trained_ds).timetuple())
+    split = since_training_split(loaded.data.interactions, cutoff)
+    users = len(split.test_users())
+    report.notes.append(
+        f"served-model check of {card['version']} (trained on data up to {trained_ds}): {len(split.test)} pairs "
+        f"since then, {users} users to rank them; the full evaluation runs on training dates"
+    )
+    if not users:
+        report.notes.append(f"nothing happened after {trained_ds} that the model could be checked on")
+        return split, [], {}
+    ranker = load_ranker(folder, loaded.items, base=None)
+    ranker.base = fit_base_models(split.train, loaded.items, ranker.settings, loaded.items.modalities)
+    ranker.name = "ranker"
+    models = [PopularityScorer().fit(split.train, loaded.items), ranker]
+    results = [evaluate_model(model, split, KS) for model in models]
+    return split, results, {"served-model check": round(time.monotonic() - started, 1)}
+
+
 def metric_rows(ds: dt.date, dataset: str, protocol: str, results: list[ModelResult]) -> pd.DataFrame:
     rows = [
         {
@@ -194,7 +235,7 @@ def metric_rows(ds: dt.date, dataset: str, protocol: str, results: list[ModelRes
         for result in results
         for value in result.metrics
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["ds", "dataset", "protocol", "model", "metric", "k", "value", "users"])
 
 
 def check_targets(metrics: pd.DataFrame, dataset: str) -> list[dict]:
@@ -280,6 +321,8 @@ def run_evaluate(
     protocols: tuple[str, ...] = PROTOCOLS,
     seed: int = SEED,
     ablation: bool = True,
+    every_days: int = 1,
+    full: bool = False,
 ) -> EvaluateReport:
     # Before any work: the label is a column value and part of the report's file name.
     DATASET.check(dataset)
@@ -291,10 +334,20 @@ def run_evaluate(
     report.users, report.items = int(loaded.data.interactions.n_users), int(loaded.data.interactions.n_items)
     report.timings["load data"] = round(time.monotonic() - loading, 1)
     frames, truth_frames, list_frames = [], [], []
-    data = loaded.data
-    for protocol in protocols:
-        split, results, timings = evaluate_protocol(spark, loaded, protocol, seed, ablation, report)
+    if full or ds == training_date(ds, every_days):
+        evaluated = []
+        for protocol in protocols:
+            split, results, timings = evaluate_protocol(spark, loaded, protocol, seed, ablation, report)
+            report.timings.update(timings)
+            evaluated.append((split, results))
+    else:
+        report.kind = "served-model check"
+        split, results, timings = check_served_model(loaded, config, ds, report)
         report.timings.update(timings)
+        evaluated = [(split, results)]
+    data = loaded.data
+    for split, results in evaluated:
+        protocol = split.protocol
         frames.append(metric_rows(ds, dataset, protocol, results))
         users = split.test_users()
         held = split.test.subset(np.isin(split.test.users, users))
@@ -319,7 +372,9 @@ def run_evaluate(
             )
     metrics = pd.concat(frames, ignore_index=True)
     writing = time.monotonic()
-    write_tables(spark, config, ds, dataset, metrics, pd.concat(truth_frames), pd.concat(list_frames))
+    # No lists only when the served-model check found nobody to rank: the date's rows are then replaced by none.
+    lists = pd.concat(list_frames) if list_frames else pd.DataFrame()
+    write_tables(spark, config, ds, dataset, metrics, pd.concat(truth_frames), lists)
     report.timings["write tables"] = round(time.monotonic() - writing, 1)
     report.targets = check_targets(metrics, dataset)
     report.seconds = round(time.monotonic() - started, 1)
@@ -340,6 +395,7 @@ def write_tables(
 ) -> None:
     """Replace this run date's and dataset's rows of the three tables (one Delta commit each)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     rows = lake.rows_of(ds=ds, dataset=dataset)
     stamped = {"ds": F.lit(ds), "dataset": F.lit(dataset)}
@@ -349,7 +405,13 @@ def write_tables(
         (EVAL_TRUTH, truth, {}),
         (EVAL_LISTS, lists, {}),
     ):
-        df = spark.createDataFrame(frame.reset_index(drop=True)).withColumns(stamped | extra)
+        if len(frame):
+            df = spark.createDataFrame(frame.reset_index(drop=True))
+        else:  # nothing to infer column types from
+            df = spark.createDataFrame(
+                [], StructType([f for f in spec.schema if f.name not in (*stamped, *extra)])
+            )
+        df = df.withColumns(stamped | extra)
         lake.replace_where(spark, config, spec, df, rows)
         log.info("wrote %d rows to %s for ds=%s dataset=%s", len(frame), spec.name, ds, dataset)
 
@@ -377,13 +439,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seed", type=int, default=SEED, help="seed for the splits and the ranker")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the modality ablation")
+    parser.add_argument(
+        "--every-days",
+        type=positive_int,
+        default=1,
+        help="the training cadence (as train's): other dates run the served-model check instead of the full "
+        "evaluation (default: %(default)s, every date is a training date)",
+    )
+    add_boolean_flag(parser, "--full", help="the full evaluation even on a date that is not a training date")
 
 
 def run_from_args(args: argparse.Namespace) -> EvaluateReport:
     config = load_run_config(args)
     with spark_session("modalrank-evaluate", config) as spark:
         report = run_evaluate(
-            spark, config, args.ds, args.dataset, tuple(args.protocols), seed=args.seed, ablation=args.ablation
+            spark,
+            config,
+            args.ds,
+            args.dataset,
+            tuple(args.protocols),
+            seed=args.seed,
+            ablation=args.ablation,
+            every_days=args.every_days,
+            full=args.full,
         )
     print_summary(report, config)
     return report

@@ -21,6 +21,7 @@ log = logging.getLogger("modalrank.spark")
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+OPENLINEAGE_LISTENER = "io.openlineage.spark.agent.OpenLineageSparkListener"
 
 
 class MissingJarsError(RuntimeError):
@@ -39,8 +40,9 @@ class FailWithoutRetry(Exception):
     """A job's outcome that its inputs decide (a failed quality gate): rerunning it cannot change it."""
 
 
-def delta_jars(config: PipelineConfig) -> list[str]:
-    """The local Delta Lake jars. Runs never download: infra/setup.sh fetches them once."""
+def spark_jars(config: PipelineConfig) -> list[str]:
+    """The local jars every session loads (Delta Lake, OpenLineage's Spark listener). Runs never download:
+    infra/setup.sh fetches them once."""
     jars = sorted(str(path) for path in Path(config.jars_dir).glob("*.jar"))
     if not any(Path(jar).name.startswith("delta-spark_") for jar in jars):
         raise MissingJarsError(
@@ -71,6 +73,17 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     return settings
 
 
+def spark_lineage_settings(events_file: Path) -> dict[str, str]:
+    """Settings that start OpenLineage's Spark listener (its jar is among `spark_jars`) and have it append
+    one JSON event a line to `events_file` for every read and write the session makes. One file per
+    session: the file transport appends without a lock, so two jobs must never share one."""
+    return {
+        "spark.extraListeners": OPENLINEAGE_LISTENER,
+        "spark.openlineage.transport.type": "file",
+        "spark.openlineage.transport.location": str(events_file),
+    }
+
+
 def threads_per_task(spark) -> int:
     """Torch threads for one Spark task: its share of the machine's cores in local mode (tasks run side
     by side in one machine), or `spark.task.cpus` on a cluster."""
@@ -95,7 +108,7 @@ def start_spark(app_name: str, config: PipelineConfig):
         _workers_run_this_python(spark_settings(config)["spark.pyspark.python"])
         builder = (
             builder.master(config.spark_master)
-            .config("spark.jars", ",".join(delta_jars(config)))
+            .config("spark.jars", ",".join(spark_jars(config)))
             .config("spark.driver.memory", config.driver_memory)
         )
     for key, value in spark_settings(config).items():

@@ -11,8 +11,9 @@ stage before is done (the jobs of one stage, and the items a job fans out to, ru
 backfill runs them one after another, the teardown stage last whatever happened.
 
 Adding a stage is one entry in `STAGES`; a new run value also needs its DAG Param and backfill flag.
-The tables and artifacts a stage reads and writes are documentation checked by tests/test_stages.py
-(every input is written by an earlier stage or comes from outside); they do not wire anything.
+The tables and artifacts a stage reads and writes are checked by tests/test_stages.py (every input is
+written by an earlier stage or comes from outside) and are what each DAG task reports to OpenLineage
+(`lineage_tables`); they do not wire anything.
 
 This module imports neither Spark nor Airflow: Airflow imports it whenever it parses the DAG file, and a
 job's module is imported only when the backfill calls it.
@@ -205,7 +206,13 @@ STAGES = (
                 "evaluate",
                 task="evaluate",
                 function="run_evaluate",
-                arguments=(*RUN_DATE, Argument("--dataset", "dataset", keyword="dataset")),
+                arguments=(
+                    *RUN_DATE,
+                    Argument("--dataset", "dataset", keyword="dataset"),
+                    # The full evaluation on training dates (or when asked), the served model's check otherwise.
+                    EVERY_DAYS,
+                    Argument("--full", "full_evaluation", keyword="full"),
+                ),
             ),
         ),
         inputs=("catalog", "catalog_history", "interactions", "item_vectors"),
@@ -255,6 +262,27 @@ STAGES = (
 )
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
+# How a stage names the feature table of each modality among its inputs and outputs.
+FEATURES = "features_<modality>"
+
+
+def lineage_tables(stage: Stage, item: dict[str, str], modalities: list[str]) -> tuple[list[str], list[str]]:
+    """The Delta tables one job of `stage` reads and writes for one item: its inputs and outputs without the
+    files (`_models/...`, `_reports/...`, SOURCES), the feature table named for the item's modality (or
+    imported vectors' name), or for every one of `modalities` when the job does not fan out (fuse reads them
+    all)."""
+    own = item.get("modality") or item.get("name")
+    feature_tables = [f"features_{m}" for m in ([own] if own else modalities)]
+
+    def tables(names: tuple[str, ...]) -> list[str]:
+        found: list[str] = []
+        for name in names:
+            if name in SOURCES or "/" in name:
+                continue
+            found += feature_tables if name == FEATURES else [name]
+        return found
+
+    return tables(stage.inputs), tables(stage.outputs)
 
 
 def stage(name: str) -> Stage:

@@ -7,6 +7,7 @@ venv behaves like `infra/test.sh`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as dt
 import fcntl
@@ -17,12 +18,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# pytest imports this file as `conftest`; test modules must too (`from conftest import ...`). Imported a
+# second time under another name (`tests.conftest`), it would run again and point AIRFLOW_HOME at a new,
+# unmigrated folder while an Airflow imported meanwhile keeps the first: "no such table" in a later test.
+if __name__ != "conftest":
+    raise ImportError(f"import the tests' conftest as `conftest`, not `{__name__}`: it sets the environment once")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -45,6 +54,7 @@ SHORT_LIVED_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -Xss4m"}
 # Airflow: a throwaway home per test run (never the developer's .airflow), our dags/ folder, and the
 # Spark connection in local mode. Set before any test module imports airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modalrank-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW_CONN_MODALRANK_SPARK", '{"conn_type": "spark", "host": "local[2]"}')
@@ -64,9 +74,11 @@ BUILT_DEMO = DemoDataConfig(items=80, users=60, interactions_per_user=15, seed=1
 # The longest test files first (their share of a run, measured with --durations), so that two test
 # processes (infra/test.sh hands out whole files in this order) end together rather than one waiting on
 # a long file that started last. crash_rerun comes first because it builds `built_lake`, which four
-# other files wait for. The cluster test (release tier) leads when it is selected.
+# other files wait for. The cluster and deployment tests (their own tiers) lead when they are selected: each
+# is longer than any default file, and the deployment test asks for the backfilled lake only at its end.
 LONGEST_FIRST = (
     "test_cluster.py",
+    "test_deployment.py",
     "test_crash_rerun.py",
     "test_ingest.py",
     "test_backfill.py",
@@ -184,9 +196,10 @@ BACKFILL_K = 5
 
 @dataclass(frozen=True)
 class BackfilledLake:
-    """SMALL_DEMO backfilled over BACKFILL_DATES on a fresh lake (every stage, text only, weekly training,
-    K = BACKFILL_K), and what `run_backfill` said of each date. Read-only, like `built_lake`: the backfill
-    tests check it, and the as-of tests compare an older date re-run elsewhere with its first date."""
+    """SMALL_DEMO backfilled over BACKFILL_DATES on a fresh lake (every stage but evaluate, every built-in
+    modality, weekly training, K = BACKFILL_K), and what `run_backfill` said of each date. Read-only, like
+    `built_lake`: the backfill tests check it, the as-of tests compare an older date re-run elsewhere with
+    its first date, and the deployment tests compare what the scheduler published with it."""
 
     config: PipelineConfig
     results: list  # jobs.backfill.DateResult per date, in date order
@@ -210,7 +223,6 @@ def backfilled_lake(spark, small_demo, tmp_path_factory) -> BackfilledLake:
             BACKFILL_DATES[-1],
             sources,
             stages=("ingest", "extract", "fuse", "train", "publish", "report"),
-            modalities=("text",),
             train_every_days=7,
             k=BACKFILL_K,
         )
@@ -282,3 +294,27 @@ def ingest_with_taste_vectors(spark, config, demo: Path, clusters: int, ds, nois
     if noise:
         vectors = {item: rng.normal(size=8) for item in cluster_of}
         run_import(spark, config, "noise", write_vectors(config.artifacts_dir.parent / "noise.csv", vectors), ds)
+
+
+class AlertReceiver:
+    """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

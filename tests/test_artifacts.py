@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 from jobs import artifacts
-from tests.conftest import REPO_ROOT
 
 
 def write_two_files(folder: Path) -> None:

@@ -56,7 +56,6 @@ def _run(spark, config, demo, ds, catalog_file):
         ds,
         sources,
         stages=("ingest", "extract", "fuse", "train", "publish"),
-        modalities=("text",),
         train_every_days=7,
         k=K,
     )

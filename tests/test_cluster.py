@@ -188,6 +188,7 @@ def test_nightly_dag_runs_end_to_end_on_a_standalone_cluster_as_local_mode_would
             "catalog": str(small_demo / "catalog.csv"),
             "interactions": str(small_demo / "interactions.csv"),
             "k": K,
+            "full_evaluation": True,  # the end date is not a training date: ask for every protocol
         },
     )
     assert run.state == "success"

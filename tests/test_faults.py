@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import REPO_ROOT
+from conftest import REPO_ROOT
 
 SCRIPT = """
 from jobs.faults import crash_point

@@ -11,7 +11,7 @@ from jobs.catalog_media import resolve_media_path
 from jobs.config import PipelineConfig, load_config
 from jobs.ingest import optional_path
 from jobs.sources import SourceError, detect_movielens_layout
-from jobs.spark import DELTA_EXTENSION, MissingJarsError, delta_jars, spark_settings
+from jobs.spark import DELTA_EXTENSION, MissingJarsError, spark_jars, spark_settings
 
 
 class TestResolveMediaPath:
@@ -80,15 +80,15 @@ def test_spark_settings_enable_delta_and_utc():
     assert settings["spark.executor.memory"] == "2g"
 
 
-def test_delta_jars_come_from_the_local_cache():
-    jars = delta_jars(load_config())
+def test_spark_jars_come_from_the_local_cache():
+    jars = spark_jars(load_config())
     names = {os.path.basename(jar).rsplit("-", 1)[0] for jar in jars}
-    assert {"delta-spark_4.2_2.13", "delta-storage"} <= names
+    assert {"delta-spark_4.2_2.13", "delta-storage", "openlineage-spark_2.13"} <= names
 
 
 def test_missing_jars_name_the_set_up_command(tmp_path):
     with pytest.raises(MissingJarsError, match="infra/setup.sh"):
-        delta_jars(PipelineConfig(jars_dir=str(tmp_path)))
+        spark_jars(PipelineConfig(jars_dir=str(tmp_path)))
 
 
 class TestCliErrors:

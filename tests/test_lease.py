@@ -15,10 +15,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 
 from jobs import lease
 from jobs.config import load_config
-from tests.conftest import REPO_ROOT
 
 DS = dt.date(2026, 11, 25)
 

@@ -17,6 +17,8 @@ import textwrap
 import pytest
 from conftest import REPO_ROOT
 
+from jobs.dag_common import SPARK_CONNECTION, ModalrankSparkJob
+
 DS = dt.date(2026, 11, 29)
 
 # A stand-in for jobs/publish.py under spark-submit: the real job_main, stopped either by a real
@@ -55,12 +57,12 @@ def test_a_failed_gate_fails_the_task_without_retries_and_a_crash_is_retried(tmp
 
     nightly = _load_dag("modalrank_nightly")
     publish = nightly.dag.get_task("publish")
-    assert type(publish) is nightly.ModalrankSparkJob and publish.retries == 2  # retried, unless the gate says no
+    assert type(publish) is ModalrankSparkJob and publish.retries == 2  # retried, unless the gate says no
     job = tmp_path / "gate_job.py"
     job.write_text(GATE_JOB)
-    operator = nightly.ModalrankSparkJob(
+    operator = ModalrankSparkJob(
         task_id="publish",
-        conn_id=nightly.SPARK_CONNECTION,
+        conn_id=SPARK_CONNECTION,
         application=str(job),
         application_args=["--outcome", outcome],
         conf={"spark.pyspark.python": sys.executable},

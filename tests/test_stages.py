@@ -78,3 +78,55 @@ def test_every_table_is_written_by_a_stage():
 def test_only_the_last_stage_is_a_teardown():
     assert [stage.teardown for stage in stages.STAGES] == [False] * (len(stages.STAGES) - 1) + [True]
     assert stages.STAGE_NAMES == ("ingest", "extract", "fuse", "train", "evaluate", "publish", "report")
+
+
+def test_lineage_names_each_jobs_tables_with_its_own_feature_table():
+    extract, fuse = stages.stage("extract"), stages.stage("fuse")
+    modalities = ["text", "image", "audio", "video", "mmtf_avf"]
+    assert stages.lineage_tables(extract, {"modality": "text"}, modalities) == (
+        ["catalog", "catalog_history"],
+        ["features_text", "quarantine"],
+    )
+    assert stages.lineage_tables(extract, {"name": "mmtf_avf", "vectors": "x.csv"}, modalities)[1] == [
+        "features_mmtf_avf",
+        "quarantine",
+    ]
+    # fuse does not fan out: it reads every modality's table; files (_models/..., _reports/...) are left out.
+    assert stages.lineage_tables(fuse, {}, modalities) == (
+        [f"features_{m}" for m in modalities] + ["catalog", "catalog_history"],
+        ["item_vectors"],
+    )
+
+
+@pytest.mark.parametrize(
+    "path, dataset",
+    [
+        ("/data/lake/catalog", ("file", "/data/lake/catalog")),
+        ("file:///data/lake/catalog", ("file", "/data/lake/catalog")),
+        ("s3a://bucket/modalrank/lake/catalog", ("s3://bucket", "/modalrank/lake/catalog")),
+        ("hdfs://namenode:8020/lake/catalog", ("hdfs://namenode:8020", "/lake/catalog")),
+    ],
+)
+def test_lineage_datasets_follow_openlineage_naming(path, dataset):
+    from jobs.dag_common import lineage_dataset
+
+    assert lineage_dataset(path) == dataset
+
+
+def test_each_task_try_reports_its_spark_lineage_to_a_file_of_its_own(tmp_path):
+    from jobs.dag_common import spark_lineage_file
+    from jobs.spark import OPENLINEAGE_LISTENER, spark_lineage_settings
+
+    nightly = "scheduled__2026-12-01T00:00:00+00:00"
+    first = spark_lineage_file(tmp_path, "modalrank_nightly", nightly, "fuse", 1)
+    assert first == tmp_path / "modalrank_nightly" / "scheduled__2026-12-01T00_00_00_00_00" / "fuse.1.jsonl"
+    others = {
+        spark_lineage_file(tmp_path, "modalrank_nightly", nightly, "fuse", 2),
+        spark_lineage_file(tmp_path, "modalrank_nightly", "backfill__2026-11-30T00:00:00+00:00", "fuse", 1),
+        spark_lineage_file(tmp_path, "modalrank_nightly", nightly, "train", 1),
+    }
+    assert first not in others and len(others) == 3
+    settings = spark_lineage_settings(first)
+    assert settings["spark.extraListeners"] == OPENLINEAGE_LISTENER
+    assert settings["spark.openlineage.transport.type"] == "file"
+    assert settings["spark.openlineage.transport.location"] == str(first)

@@ -10,6 +10,10 @@ The three protocols (all seeded, so a rerun splits the same way):
 - `chrono_split`: per user, their latest 20% is held out.
 - `item_cold_split`: 20% of the items are held out with all their interactions; users then rank only
   those items, which no model saw during training.
+
+And one check, not a protocol of the full evaluation: `since_training_split` holds out every pair that
+came after a model's training date, to see how the model served on a later date does on what happened
+since it was trained.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ RANDOM = "random_75_25"
 CHRONO = "chrono_80_20"
 ITEM_COLD = "item_cold_20"
 PROTOCOLS = (RANDOM, CHRONO, ITEM_COLD)
+SINCE_TRAINING = "since_training"
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,13 @@ def item_cold_split(data: Interactions, seed: int, cold_share: float = 0.20) -> 
     cold = np.sort(rng.choice(interacted, size=max(1, round(len(interacted) * cold_share)), replace=False))
     held = np.isin(data.items, cold)
     return Split(ITEM_COLD, data.subset(~held), data.subset(held), cold, [f"{len(cold)} cold items"])
+
+
+def since_training_split(data: Interactions, cutoff_seconds: int) -> Split:
+    """Pairs before `cutoff_seconds` (the end of a model's training date, seconds since the epoch) train; the
+    pairs from then on are held out. A pair keeps only its latest event, so one a user interacted with again
+    after the cutoff counts as new."""
+    return _warm_split(SINCE_TRAINING, data, data.times >= cutoff_seconds)
 
 
 def make_split(protocol: str, data: Interactions, seed: int) -> Split:
