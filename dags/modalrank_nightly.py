@@ -54,14 +54,23 @@ RECOMMENDATIONS_ASSET = recommendations_asset(config)
 
 
 @task(outlets=[RECOMMENDATIONS_ASSET])
-def announce_publish(*, outlet_events, ds: str, params: dict) -> dict:
+def announce_publish(*, outlet_events, ds: str, run_id: str, params: dict) -> dict:
     """The Asset event for the date `publish` just committed, carrying what a consumer needs to read
     exactly that date: its run date, the lake (a run may point at another lake than the configured
-    one) and its artifacts folder, the table version and the model."""
+    one) and its artifacts folder, the table version and the model. Only this run's own publish result
+    is announced: a `publish.json` that another run (or another lake) wrote fails the task."""
     import json
+
+    from jobs.lake_identity import bind
 
     lake_config = run_config(params)
     card = json.loads((lake_config.reports_dir / ds / "publish.json").read_text())
+    lake_id = bind(lake_config)
+    if (card.get("run_id"), card.get("lake_id")) != (run_id, lake_id):
+        raise ValueError(
+            f"{lake_config.reports_dir / ds / 'publish.json'} was written by run {card.get('run_id')!r} for lake "
+            f"{card.get('lake_id')!r}, not by this run ({run_id!r}, lake {lake_id!r}): nothing is announced"
+        )
     extra = {
         "ds": ds,
         "lake": lake_config.lake,
@@ -143,9 +152,17 @@ with DAG(
             "(those run a check of the served model)",
         ),
         "train_every_days": Param(
-            7, type="integer", minimum=1, description="train a new ranker every N days (7: Sundays), else reuse"
+            7,
+            type="integer",
+            **arguments.TRAIN_EVERY_DAYS.param_schema(),
+            description="train a new ranker every N days (7: Sundays), else reuse",
         ),
-        "k": Param(50, type="integer", minimum=1, description="published list length per user"),
+        "k": Param(
+            50,
+            type="integer",
+            **arguments.LIST_LENGTH.param_schema(),
+            description="published list length per user",
+        ),
         "max_changed_share": Param(
             1.0,
             type="number",

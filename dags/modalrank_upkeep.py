@@ -14,6 +14,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Param
 
+from jobs import arguments
 from jobs.alerts import NightFailed, record_task_failure
 from jobs.config import load_config
 from jobs.dag_common import default_args, lake_params, spark_job
@@ -36,10 +37,23 @@ with DAG(
     on_failure_callback=NightFailed(),
     params={
         **lake_params(config, "_models/ and _reports/"),
-        "time_travel_days": Param(7, type="integer", minimum=1, description="days of table history VACUUM keeps"),
-        "eval_days": Param(28, type="integer", minimum=1, description="days of eval_lists and eval_truth kept"),
+        "time_travel_days": Param(
+            7,
+            type="integer",
+            **arguments.RETENTION_DAYS.param_schema(),
+            description="days of table history VACUUM keeps",
+        ),
+        "eval_days": Param(
+            28,
+            type="integer",
+            **arguments.RETENTION_DAYS.param_schema(),
+            description="days of eval_lists and eval_truth kept",
+        ),
         "keep_days": Param(
-            90, type="integer", minimum=1, description="days of reports and by-date model pointers kept"
+            90,
+            type="integer",
+            **arguments.RETENTION_DAYS.param_schema(),
+            description="days of reports and by-date model pointers kept",
         ),
     },
 ) as dag:

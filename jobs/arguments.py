@@ -67,8 +67,15 @@ class Rule:
 
 
 def _shown(text: str) -> str:
-    """The value as it may appear in one line of a log: escaped, and at most 60 characters of it."""
+    """The value as it may appear in one line of a log: escaped, at most 60 characters of it, and with
+    any credentials of a URI (`scheme://user:secret@host`) blanked out."""
+    text = redact_credentials(text)
     return repr(text if len(text) <= 60 else text[:60] + "…")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user information of every URI in it replaced by `***`."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
 
 
 DATASET = Rule(
@@ -78,7 +85,11 @@ DATASET = Rule(
     "(e.g. demo, ml-latest-small)",
     64,
 )
-RUN_DATE = Rule("run date", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "a date as YYYY-MM-DD", 10)
+# Years 1970 to 2999: a run date outside them is a typo, and the day after 9999-12-31 (the end of a run
+# date's day, `jobs.asof.end_of_day`) does not exist.
+RUN_DATE = Rule(
+    "run date", r"^(19[7-9][0-9]|2[0-9]{3})-[0-9]{2}-[0-9]{2}$", "a date as YYYY-MM-DD, from 1970 to 2999", 10
+)
 MODEL_VERSION = Rule(
     "model version", r"^ranker-[0-9a-f]{12}$", "'ranker-' and 12 hexadecimal digits, as train names them", 19
 )
@@ -101,11 +112,15 @@ INPUT_PATH = Rule(
 # a URI with one of the schemes Spark and delta-rs both read. No `..` (a lake is named as what it is),
 # no quotes or backticks (the path is a Delta table identifier, delta.`<path>`, and an Asset URI).
 LAKE_SCHEMES = ("file", "s3a", "s3", "hdfs", "abfss", "gs")
+# A URI with credentials in it (s3a://KEY:SECRET@bucket) is refused: the lake's name is printed in logs,
+# lease records and Asset events. Credentials come from the standard providers (AWS_* variables, the
+# instance's role, spark.hadoop.fs.s3a.* settings).
 LAKE = Rule(
     "lake",
-    rf"^{_NO_PARENT}(({'|'.join(LAKE_SCHEMES)})://|(?![A-Za-z0-9+.-]*://))[^\x00-\x1f\x7f'\"`]{{1,{MAX_PATH_LENGTH - 8}}}$",
+    rf"^{_NO_PARENT}(({'|'.join(LAKE_SCHEMES)})://(?![^/]*@)|(?![A-Za-z0-9+.-]*://))[^\x00-\x1f\x7f'\"`]{{1,{MAX_PATH_LENGTH - 8}}}$",
     f"a local folder or a {'/'.join(LAKE_SCHEMES)}:// URI, without control characters, quotes, "
-    f"backticks or '..' components, at most {MAX_PATH_LENGTH} characters",
+    f"backticks, '..' components or credentials (user:secret@: use the standard credential providers), "
+    f"at most {MAX_PATH_LENGTH} characters",
     MAX_PATH_LENGTH,
 )
 ARTIFACTS = Rule(
@@ -167,6 +182,36 @@ def boolean(text: str) -> bool:
 def add_boolean_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     """`--name` alone, or `--name true|false`: a scheduler passes a flag value on every run."""
     parser.add_argument(name, nargs="?", const=True, default=False, type=boolean, help=help)
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """A whole number within [low, high]: an argparse `type=`, and the `minimum`/`maximum` of a DAG Param.
+
+    Every count a person hands the pipeline has an upper bound too: a cadence of 10**6 days or a list of
+    a billion items is a typo that would otherwise end in a traceback or an exhausted machine."""
+
+    name: str
+    low: int
+    high: int
+
+    def __call__(self, text: str | int) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise InvalidValue(f"{self.name} {_shown(str(text))} is not a whole number") from None
+        if not self.low <= value <= self.high:
+            raise InvalidValue(f"{self.name} {value} is out of range: {self.low} to {self.high}")
+        return value
+
+    def param_schema(self) -> dict:
+        return {"minimum": self.low, "maximum": self.high}
+
+
+TRAIN_EVERY_DAYS = IntRange("training cadence in days", 1, 366)
+LIST_LENGTH = IntRange("list length k", 1, 1000)
+RETENTION_DAYS = IntRange("days kept", 1, 3650)
+RANDOM_SEED = IntRange("seed", 0, 2**32 - 1)
 
 
 def positive_int(text: str) -> int:

@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 
 from jobs import arguments, lease
 from jobs import stages as registry  # a BackfillPlan has a field named `stages`
-from jobs.arguments import dataset_label, positive_int
+from jobs.arguments import dataset_label
 from jobs.config import PipelineConfig, add_lake_arguments, load_run_config
 from jobs.ingest import IngestRequest, request_from_args
 
@@ -173,7 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_force_argument(parser)
     parser.add_argument(
-        "--train-every-days", type=positive_int, default=7, help="train cadence (default: %(default)s)"
+        "--train-every-days",
+        type=arguments.TRAIN_EVERY_DAYS,
+        default=7,
+        help="train cadence (default: %(default)s)",
     )
     parser.add_argument(
         "--dataset",
@@ -187,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the full evaluation on every date (default: on training dates; the others check the served model)",
     )
     parser.add_argument(
-        "--k", type=positive_int, default=DEFAULT_K, help="published list length (default: %(default)s)"
+        "--k", type=arguments.LIST_LENGTH, default=DEFAULT_K, help="published list length (default: %(default)s)"
     )
 
 

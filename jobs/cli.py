@@ -242,6 +242,24 @@ def _tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lake_identity(args: argparse.Namespace) -> int:
+    """The lake's identity and the artifacts folder bound to it (`jobs.lake_identity`); `--adopt` records
+    that a moved lake (or folder) is the one the folder serves."""
+    import json
+
+    from jobs import lake_identity
+
+    config = load_run_config(args)
+    if args.adopt:
+        record = lake_identity.adopt(config)
+        print(f"lake {config.lake} adopted by {config.artifacts_dir} (id {record['lake_id']})")
+    else:
+        lake_identity.bind(config)
+        record = lake_identity.read_artifacts_side(config) or {}
+    print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """A parser whose errors are one line, like every other `modalrank` error: the usage that argparse
     prints first would push the reason off a narrow terminal, and `-h` shows it anyway."""
@@ -360,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     tables = commands.add_parser("tables", help="list the lake's Delta tables: version and row count")
     add_lake_arguments(tables)
     tables.set_defaults(handler=_tables)
+
+    identity = commands.add_parser(
+        "lake-identity", help="the lake's id and its artifacts folder; binds them when neither has one yet"
+    )
+    add_lake_arguments(identity)
+    identity.add_argument(
+        "--adopt",
+        action="store_true",
+        help="this lake (moved from where the folder's record says) is the one this artifacts folder serves",
+    )
+    identity.set_defaults(handler=_lake_identity)
     return parser
 
 

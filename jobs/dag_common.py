@@ -47,6 +47,10 @@ class ModalrankSparkJob(SparkSubmitOperator):
 
     def execute(self, context):
         self._report_spark_lineage(context)
+        # The run id the job records (leases, publish.json): a driver in cluster deploy mode does not
+        # inherit this worker's AIRFLOW_CTX_* variables, so it is passed by name.
+        if context.get("run_id"):
+            self.env_vars = {**(self.env_vars or {}), "MODALRANK_RUN_ID": context["run_id"]}
         try:
             return super().execute(context)
         except AirflowException as error:

@@ -37,7 +37,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from jobs import lake, lease
-from jobs.arguments import DATASET, add_boolean_flag, dataset_label, positive_int
+from jobs.arguments import DATASET, RANDOM_SEED, TRAIN_EVERY_DAYS, add_boolean_flag, dataset_label
 from jobs.asof import end_of_day, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.ranker_inputs import RankingData, load_ranking_data
@@ -437,11 +437,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label for the rows written, e.g. demo or ml-latest-small",
     )
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    parser.add_argument("--seed", type=int, default=SEED, help="seed for the splits and the ranker")
+    parser.add_argument("--seed", type=RANDOM_SEED, default=SEED, help="seed for the splits and the ranker")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the modality ablation")
     parser.add_argument(
         "--every-days",
-        type=positive_int,
+        type=TRAIN_EVERY_DAYS,
         default=1,
         help="the training cadence (as train's): other dates run the served-model check instead of the full "
         "evaluation (default: %(default)s, every date is a training date)",

@@ -42,7 +42,7 @@ from pyspark.sql import functions as F
 
 from features.fusion import METHOD, Fusion
 from jobs import artifacts, lake, lease
-from jobs.arguments import add_boolean_flag, modality_name
+from jobs.arguments import TRAIN_EVERY_DAYS, add_boolean_flag, modality_name
 from jobs.asof import catalog_as_of, training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
@@ -310,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--every-days",
-        type=int,
+        type=TRAIN_EVERY_DAYS,
         default=1,
         help="train's cadence: projections are fitted as of the latest date on or before --ds whose ordinal is "
         "a multiple of this, the date whose ranker serves --ds (default: %(default)s)",

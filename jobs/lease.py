@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from jobs import lake_identity
 from jobs.artifacts import writer_identity
 from jobs.config import PipelineConfig
 
@@ -147,6 +148,8 @@ def lease(config: PipelineConfig, key: str, job: str, timeout: float | None = No
                 _held[name][1] -= 1
         return
 
+    # Before the first lock file: leases are only meaningful in the one folder that serves this lake.
+    lake_identity.bind(config)
     limit = config.lease_timeout_seconds if timeout is None else timeout
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)

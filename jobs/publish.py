@@ -56,8 +56,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake, lease
-from jobs.arguments import optional_model_version, positive_int, share
+from jobs import artifacts, lake, lake_identity, lease
+from jobs.arguments import LIST_LENGTH, optional_model_version, share
 from jobs.asof import end_of_day
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
@@ -115,6 +115,10 @@ class PublishReport(Report):
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # Who wrote this report: the lake it published to and the Airflow run (or MODALRANK_RUN_ID), so
+    # `announce_publish` announces only what its own run's publish committed.
+    lake_id: str = ""
+    run_id: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,6 +200,7 @@ def run_publish(
         raise ValueError(f"k must be at least 1, got {k}")
     started = time.monotonic()
     report = PublishReport(ds.isoformat(), k, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    report.lake_id, report.run_id = lake_identity.bind(config), artifacts.run_id()
     folder = ranker_folder(config, ds, model_version)  # fails before any work when there is no ranker
     card = json.loads((folder / "ranker.json").read_text())  # verified by ranker_folder
     report.model_version = card.get("version", folder.name)
@@ -355,7 +360,7 @@ def _record_gate(config: PipelineConfig, report: PublishReport, checks: list[Che
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
-        "--k", type=positive_int, default=DEFAULT_K, help="list length per user (default: %(default)s)"
+        "--k", type=LIST_LENGTH, default=DEFAULT_K, help="list length per user (default: %(default)s)"
     )
     # An empty value (Airflow passes every flag) means the current model.
     parser.add_argument(

@@ -42,7 +42,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from jobs import artifacts, lease
-from jobs.arguments import positive_int
+from jobs.arguments import TRAIN_EVERY_DAYS
 from jobs.asof import training_date
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
@@ -158,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--every-days",
-        type=positive_int,
+        type=TRAIN_EVERY_DAYS,
         default=1,
         help="train a new model only on dates whose ordinal is a multiple of this (7: Sundays); other dates "
         "reuse the latest such date's model (default: %(default)s, every date)",

@@ -39,7 +39,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lease
-from jobs.arguments import positive_int
+from jobs.arguments import RETENTION_DAYS
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config, local_path
 from jobs.reports import Report, write_report
 from jobs.schemas import ALL_TABLES, EVAL_LISTS, EVAL_TRUTH, ITEM_VECTORS, TableSpec, features_table
@@ -257,19 +257,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--time-travel-days",
-        type=positive_int,
+        type=RETENTION_DAYS,
         default=7,
         help=f"days of table history VACUUM keeps (at least {MIN_TIME_TRAVEL_DAYS}; default: %(default)s)",
     )
     parser.add_argument(
         "--eval-days",
-        type=positive_int,
+        type=RETENTION_DAYS,
         default=28,
         help="days of eval_lists/eval_truth kept (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-days",
-        type=positive_int,
+        type=RETENTION_DAYS,
         default=90,
         help="days of reports and by-date model pointers kept (default: %(default)s)",
     )

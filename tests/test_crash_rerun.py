@@ -31,6 +31,7 @@ from conftest import BUILT_DEMO, REPO_ROOT, SHORT_LIVED_JVM
 
 from jobs import artifacts, lake
 from jobs.config import PipelineConfig, load_config
+from jobs.lake_identity import IDENTITY_FILE
 from jobs.schemas import (
     CATALOG,
     CATALOG_HISTORY,
@@ -107,10 +108,13 @@ def baseline(spark, built_lake, tmp_path_factory) -> Baseline:
 
 
 def fresh_artifacts(baseline: Baseline, name: str) -> PipelineConfig:
-    """The baseline's lake with an empty artifacts folder of its own."""
+    """A copy of the baseline's tables with an empty artifacts folder of its own (a lake is served by one
+    artifacts folder only: jobs.lake_identity)."""
     folder = Path(baseline.config.artifacts_dir).parent / name
     shutil.rmtree(folder, ignore_errors=True)
-    return load_config(lake=baseline.config.lake, artifacts=str(folder), shuffle_partitions=2)
+    not_tables = shutil.ignore_patterns("_models", "_reports", "_locks", IDENTITY_FILE)
+    shutil.copytree(baseline.config.lake, folder / "lake", ignore=not_tables)
+    return load_config(lake=str(folder / "lake"), artifacts=str(folder / "artifacts"), shuffle_partitions=2)
 
 
 def job_process(stage: str, config: PipelineConfig, *args: str, crash_at: str | None = None) -> subprocess.Popen:

@@ -28,6 +28,7 @@ SLASH = "a/b"
 PARENT = ".."
 NUL = "a\x00b"
 HUGE = "a" * 10_240
+CREDENTIALS = "s3a://AKIAEXAMPLE:secret-key@bucket/lake"
 HOSTILE = {"quote": QUOTE, "injection": INJECTION, "slash": SLASH, "parent": PARENT, "nul": NUL, "10kB": HUGE}
 # Values every label-like rule refuses (a label is a name, never a path or SQL).
 LABEL_RULES = [arguments.DATASET, arguments.MODEL_VERSION, arguments.MODALITY_NAME, arguments.RUN_DATE]
@@ -89,6 +90,19 @@ CLI_CASES = [
     (["backfill", "--start", DS, "--end", "{}"], "run date", LABELS),
     (["latest", "--lake", "{}"], "lake", [QUOTE, INJECTION, PARENT, NUL, HUGE]),
     (["tables", "--artifacts", "{}"], "artifacts folder", [QUOTE, INJECTION, PARENT, NUL, HUGE]),
+    # Numbers and dates out of their range: each a one-line refusal, not a traceback later on.
+    (["train", "--ds", "{}"], "run date", ["9999-12-31", "1969-12-31"]),
+    (["train", "--ds", DS, "--every-days", "{}"], "training cadence in days", ["1000000", "0", "7.5"]),
+    (["fuse", "--ds", DS, "--every-days", "{}"], "training cadence in days", ["1000000", "0"]),
+    (["publish", "--ds", DS, "--k", "{}"], "list length k", ["1000000", "0"]),
+    (
+        ["backfill", "--start", DS, "--end", DS, "--train-every-days", "{}"],
+        "training cadence in days",
+        ["1000000"],
+    ),
+    (["backfill", "--start", DS, "--end", DS, "--k", "{}"], "list length k", ["100000"]),
+    (["evaluate", "--ds", DS, "--dataset", "demo", "--seed", "{}"], "seed", ["-1", str(2**40)]),
+    (["upkeep", "--ds", DS, "--keep-days", "{}"], "days kept", ["0", "1000000"]),
     (["ingest", "--ds", DS, "--catalog", "{}", "--interactions", "i.csv"], "path", [NUL, HUGE]),
     (["extract", "--ds", DS, "--modality", "mmtf", "--vectors", "{}"], "path", [NUL, HUGE]),
 ]
@@ -130,7 +144,7 @@ def test_the_jobs_spark_submit_parsers_refuse_them_too(module, argv, capsys):
         parser.parse_args(argv)
     assert stopped.value.code == 2
     stderr = capsys.readouterr().err
-    assert "is not valid" in stderr or "is not a" in stderr, stderr
+    assert "is not valid" in stderr or "is not a" in stderr or "is out of range" in stderr, stderr
 
 
 def test_run_evaluate_refuses_a_bad_label_before_any_work(lake_config):
@@ -140,6 +154,22 @@ def test_run_evaluate_refuses_a_bad_label_before_any_work(lake_config):
 
     with pytest.raises(ValueError, match="dataset label"):
         run_evaluate(None, lake_config, arguments.run_date(DS), INJECTION)
+
+
+def test_a_lake_uri_with_credentials_is_refused_without_printing_them(monkeypatch, capsys):
+    from jobs.config import load_config
+
+    for refuse in (arguments.LAKE.check, lambda lake: load_config(lake=lake)):
+        with pytest.raises(ValueError, match="credentials") as refused:
+            refuse(CREDENTIALS)
+        assert "secret-key" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)
+        assert "s3a://***@bucket/lake" in str(refused.value)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tables", "--lake", CREDENTIALS])
+    stderr = capsys.readouterr().err
+    assert "credentials" in stderr and "secret-key" not in stderr and stderr.count("\n") == 1
+    # An '@' in a path, after the host, is an ordinary character.
+    assert arguments.LAKE.check("s3a://bucket/team@example/lake") == "s3a://bucket/team@example/lake"
 
 
 def test_a_config_refuses_a_hostile_lake_from_anywhere(monkeypatch):
@@ -217,6 +247,7 @@ NIGHTLY_PARAM_CASES = (
         for value in (NUL, HUGE, "a\nb")
     ]
     + [("k", 0), ("train_every_days", 0), ("max_changed_share", 1.5), ("min_coverage", -0.1)]
+    + [("k", 100_000), ("train_every_days", 10**6), ("lake", CREDENTIALS)]
 )
 
 

@@ -196,6 +196,10 @@ def write_bad_inputs(folder: Path) -> dict:
     (folder / "extra_posters").mkdir()
     (folder / "extra_posters" / "2.jpg").write_bytes(b"poster two")
     (folder / "extra_posters" / "cover.jpg").write_bytes(b"not named by id")
+    # Entries the poster reader does not take: each is reported, none ignored in silence.
+    (folder / "extra_posters" / "2.tiff").write_bytes(b"another format")
+    (folder / "extra_posters" / ".DS_Store").write_bytes(b"a desktop's hidden file")
+    (folder / "extra_posters" / "_2.jpg").write_bytes(b"a hidden poster")
     return {
         "catalog": media / "catalog.csv",
         "interactions": folder / "interactions.csv",
@@ -224,6 +228,9 @@ def test_every_bad_row_is_quarantined_with_its_reason(spark, lake_config, tmp_pa
             # an overview for item 999, an interaction with item 999, a poster not named by an id
             "unknown item id": 2,
             "file name is not an item id": 1,
+            "poster file not used: .tiff is not one of jpg, jpeg, png, webp": 1,
+            "poster file not used: a hidden name (starts with '.')": 1,
+            "poster file not used: a hidden name (starts with '_')": 1,
             # interactions
             "duplicate interaction": 1,
             "missing user id": 1,

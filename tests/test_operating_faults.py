@@ -121,6 +121,38 @@ def test_the_consumer_reads_exactly_the_version_its_event_names(tmp_path):
     assert sorted(pd.read_csv(digest).item_id) == [20, 21]
 
 
+@pytest.mark.airflow
+def test_announce_refuses_a_publish_result_it_did_not_write(tmp_path):
+    """`publish.json` of the date, written by another run (a backfill of the same date that published
+    after this run's publish) or for another lake, is never announced as this run's lists."""
+    import collections
+    import json
+    import types
+
+    from jobs.config import load_config
+    from jobs.lake_identity import bind
+
+    nightly = _load_dag("modalrank_nightly")
+    config = load_config(lake=str(tmp_path / "lake"))
+    card = {"table_version": 4, "rows": 30, "users": 3, "model_version": "ranker-aaaaaaaaaaaa"}
+    card |= {"lake_id": bind(config), "run_id": "scheduled__2026-11-29T00:00:00+00:00"}
+    (config.reports_dir / DS.isoformat()).mkdir(parents=True)
+    (config.reports_dir / DS.isoformat() / "publish.json").write_text(json.dumps(card))
+    announce = nightly.dag.get_task("announce_publish").python_callable
+    params = {"lake": config.lake, "artifacts": ""}
+
+    def run(run_id: str) -> dict:
+        events = collections.defaultdict(types.SimpleNamespace)
+        return announce(outlet_events=events, ds=DS.isoformat(), run_id=run_id, params=params)
+
+    with pytest.raises(ValueError, match="written by run 'scheduled__2026-11-29.*not by this run \\('backfill__"):
+        run("backfill__2026-11-29T00:00:00+00:00")
+    assert run(card["run_id"])["table_version"] == 4
+    (config.reports_dir / DS.isoformat() / "publish.json").write_text(json.dumps({**card, "lake_id": "0" * 32}))
+    with pytest.raises(ValueError, match="nothing is announced"):
+        run(card["run_id"])
+
+
 # A tiny job whose Python workers need pandas and pyarrow (mapInPandas), started the way `modalrank`
 # starts every session: jobs.spark.spark_session.
 WORKER_JOB = textwrap.dedent(

@@ -11,7 +11,7 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs.media_files import media_folder_entry, sha256_of_media_file
+from jobs.media_files import FolderEntry, media_folder_entry, sha256_of_media_file
 from jobs.sources.canonical import Extra, SourceError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -22,18 +22,19 @@ VIDEO_EXTENSIONS = ("mp4", "m4v", "mkv", "webm", "mov", "avi")
 def read_media_folder(spark: SparkSession, kind: str, directory: Path, extensions: tuple[str, ...]) -> Extra:
     """Files named `<item_id>.<ext>` in one folder, with the sha256 of their bytes.
 
-    Every entry with a media extension is listed, empty files too: an empty poster is the extractor's
-    to reject with a reason, not the lister's to skip. The item id is the entry's own name, also for a
-    symlink; a symlink must stay inside the folder, and only regular files are read (a FIFO, a folder or
-    an unreadable entry is listed as malformed, with its reason: `jobs.media_files.media_folder_entry`).
+    Every entry of the folder is listed, so none is ignored in silence: one with a media extension is
+    read (empty files too: an empty poster is the extractor's to reject with a reason, not the lister's
+    to skip); any other (another extension, no extension, a hidden `.name` or `_name` entry, a
+    subfolder) is a malformed row whose reason says why it was not used. The item id is the entry's own
+    name, also for a symlink; a symlink must stay inside the folder, and only regular files are read (a
+    FIFO, a folder or an unreadable entry is listed as malformed, with its reason:
+    `jobs.media_files.media_folder_entry`).
     """
     if not directory.is_dir():
         raise SourceError(f"{kind} folder not found: {directory}")
-    wanted = {f".{extension}" for extension in extensions}
     entries = [
-        media_folder_entry(str(directory), name)
+        not_media_reason(name, extensions) or media_folder_entry(str(directory), name)
         for name in sorted(os.listdir(directory))
-        if Path(name).suffix.lower() in wanted
     ]
     listed = [
         (
@@ -60,6 +61,19 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
         F.lit(len(listed)).cast("long").alias("input_lines"),
     )
     return Extra(kind, rows)
+
+
+def not_media_reason(name: str, extensions: tuple[str, ...]) -> FolderEntry | None:
+    """A folder entry that is not one of the folder's media files, with the reason it is not used; None
+    for a name the folder's reader takes."""
+    if name.startswith((".", "_")):
+        reason = f"file not used: a hidden name (starts with '{name[0]}')"
+    elif Path(name).suffix.lower().lstrip(".") not in extensions:
+        suffix = Path(name).suffix.lower() or "no extension"
+        reason = f"file not used: {suffix} is not one of {', '.join(extensions)}"
+    else:
+        return None
+    return FolderEntry(name, None, reason)
 
 
 _HASHED = StructType([StructField("hash", StringType()), StructField("reason", StringType())])
