@@ -63,6 +63,12 @@ class PipelineConfig:
     decode_timeout_s: int = 600
     decode_memory_mb: int = 8192
     max_image_pixels: int = 40_000_000
+    # CSV and delimited inputs (jobs.sources.files): a record over `max_record_chars` characters is
+    # quarantined before any check reads it (1 M: a 4096-dimension vector in text is ~80 k); a compressed
+    # input that expands beyond `max_decompressed_bytes` is refused as a whole (8 GiB: ml-32m's ratings
+    # are under 1 GiB), measured before Spark reads it.
+    max_record_chars: int = 1_000_000
+    max_decompressed_bytes: int = 8 * 1024**3
     # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
     extract_chunk_items: int = 1000
     # Alerts (jobs.alerts): an http(s) URL that gets each alert as a JSON POST (empty: the alert is written to
@@ -76,6 +82,8 @@ class PipelineConfig:
             "decode_timeout_s",
             "decode_memory_mb",
             "max_image_pixels",
+            "max_record_chars",
+            "max_decompressed_bytes",
             "extract_chunk_items",
             "night_deadline_minutes",
         ):
@@ -224,6 +232,8 @@ _ENV_FIELDS = {
     "MODALRANK_DECODE_TIMEOUT_S": "decode_timeout_s",
     "MODALRANK_DECODE_MEMORY_MB": "decode_memory_mb",
     "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "MODALRANK_MAX_RECORD_CHARS": "max_record_chars",
+    "MODALRANK_MAX_DECOMPRESSED_BYTES": "max_decompressed_bytes",
     "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
     "MODALRANK_ALERT_TARGET": "alert_target",
     "MODALRANK_NIGHT_DEADLINE_MINUTES": "night_deadline_minutes",

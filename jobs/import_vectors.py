@@ -95,7 +95,7 @@ def run_import(
     features = lake.ensure_table(spark, config, table)
     catalog = lake.read_table(spark, config, CATALOG).select("item_id")
 
-    raw = sources.read_table_file(spark, vectors_path)
+    raw = sources.read_table_file(spark, vectors_path, sources.RecordLimits.of(config))
     parsed = parse_vectors(
         raw,
         _pick(raw.columns, ID_COLUMNS, "item id", vectors_path),

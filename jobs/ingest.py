@@ -92,14 +92,14 @@ class IngestRequest:
 # The job
 
 
-def read_request(spark: SparkSession, request: IngestRequest) -> RawSource:
+def read_request(spark: SparkSession, request: IngestRequest, limits: sources.RecordLimits) -> RawSource:
     if request.movielens:
-        raw = sources.read_movielens(spark, request.movielens)
+        raw = sources.read_movielens(spark, request.movielens, limits)
     else:
-        raw = sources.read_generic(spark, request.catalog, request.interactions, request.media_root)
+        raw = sources.read_generic(spark, request.catalog, request.interactions, limits, request.media_root)
     extras = list(raw.extras)
     if request.overviews:
-        extras.append(sources.read_overviews(spark, request.overviews))
+        extras.append(sources.read_overviews(spark, request.overviews, limits))
     for kind, folder, extensions in (
         ("poster", request.posters, sources.IMAGE_EXTENSIONS),
         ("audio", request.audio, sources.AUDIO_EXTENSIONS),
@@ -115,7 +115,7 @@ def read_request(spark: SparkSession, request: IngestRequest) -> RawSource:
 def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestRequest) -> IngestReport:
     started = time.monotonic()
     ds = request.ds
-    raw = read_request(spark, request)
+    raw = read_request(spark, request, sources.RecordLimits.of(config))
     report = IngestReport(ds=ds.isoformat(), source=raw.name, quarantine_table=config.table_path("quarantine"))
     log.info("ingest ds=%s source=%s", ds, raw.name)
     catalog = lake.ensure_table(spark, config, CATALOG)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,6 +17,7 @@ from conftest import SMALL_DEMO
 
 from infra.tools.demo_data import generate_demo_data
 from jobs import cli, lake
+from jobs.config import load_config
 from jobs.ingest import IngestReport, IngestRequest, run_ingest
 from jobs.schemas import CATALOG, DEFERRED, INTERACTIONS, QUARANTINE
 
@@ -403,12 +406,13 @@ def accounts(report: IngestReport) -> dict[tuple[str, str], tuple]:
 def test_a_long_quoted_field_is_one_well_formed_record(spark, tmp_path):
     """An imported vector file's embedding: thousands of characters between two quotes (MMTF-14K's
     lines are ~2 kB). The quote check must not take a stack frame per character."""
+    from jobs.sources import RecordLimits
     from jobs.sources.files import read_csv_with_header
 
     vector = ",".join(f"{i / 7:.12f}" for i in range(4_000))  # ~60 kB
     path = tmp_path / "vectors.csv"
     path.write_text(f'item_id,embedding\n1,"{vector}"\n2,"a ""quoted"" word"\n3,"open\n', encoding="utf-8")
-    rows = read_csv_with_header(spark, path).orderBy("row_order").toPandas()
+    rows = read_csv_with_header(spark, path, RecordLimits.of(load_config())).orderBy("row_order").toPandas()
     assert rows["item_id"].tolist() == ["1", "2", "3"]
     assert rows["embedding"].tolist()[:2] == [vector, 'a "quoted" word']
     assert rows["malformed"].tolist() == [None, None, "malformed row: unterminated quote"]
@@ -466,6 +470,190 @@ def test_an_unterminated_quote_costs_its_line_and_every_file_adds_up(spark, lake
     run = write_run_report(lake_config, ds)
     assert [row["rows"] for row in run.ingest_inputs] == [4, 4]
     assert "| interactions | source | 4 | 4 | 3 | 0 | 1 | 0 |" in (folder / "run.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# No line kills ingest: pathological quoting, length and compression cost their record or file
+
+
+def test_the_spark_quote_check_agrees_with_the_scanner(spark):
+    """Every line of up to 7 characters from `a`, `,` and `"`: the Spark check and `CsvScan` agree on
+    which leave a quote open (3,280 lines, every arrangement of escapes, closes and stray quotes)."""
+    from jobs.sources import CsvScan
+    from jobs.sources.files import leaves_quote_open
+
+    lines = ["".join(chars) for n in range(1, 8) for chars in itertools.product('a,"', repeat=n)]
+    checked = spark.createDataFrame([(line,) for line in lines], "line STRING")
+    spark_open = {
+        row["line"]: row["open"]
+        for row in checked.select("line", leaves_quote_open(checked["line"]).alias("open")).collect()
+    }
+    assert {line: CsvScan().feed(line).open for line in lines} == spark_open
+    assert spark_open['a,"a'] and spark_open['""",a'] and not spark_open['"a""a"'] and not spark_open['a"a,a']
+
+
+ESCAPES = '""' * 20_000  # one field of 20,000 escaped quotes: the old check's StackOverflowError
+LONG = "x" * 150_000  # over the tests' bound of 100,000 characters
+
+
+def bounded_config(lake_config):
+    return lake_config.with_overrides(max_record_chars=100_000, max_decompressed_bytes=1_000_000)
+
+
+def quarantined_records(spark, config) -> list[tuple]:
+    return sorted(
+        (Path(r["source_file"]).name, r["item_id"], r["user_id"], r["reason"], r["record"][:40], len(r["record"]))
+        for r in rows(spark, config, QUARANTINE)
+    )
+
+
+def test_no_line_kills_ingest_of_a_generic_catalog_gzipped_events_and_a_gzip_bomb(spark, lake_config, tmp_path):
+    config = bounded_config(lake_config)
+    ds = dt.date(2026, 11, 25)
+    catalog = (  # read with quoted line breaks (the multiline path)
+        "item_id,title,overview,genres,available_from\n"
+        "1,First,Plain,Drama,\n"
+        f'2,"Quotes {ESCAPES}",Plain,Drama,\n'
+        f"3,Long,{LONG},Drama,\n"
+        f'4,"Never closed {ESCAPES},Plain,Drama,\n'
+        '5,Fifth,"Two\nlines",Comedy,\n'
+    )
+    (tmp_path / "catalog.csv").write_text(catalog)
+    unclosed_item, unclosed_event = (
+        f'4,"Never closed {ESCAPES},Plain,Drama,',
+        f'3,1,4.0,,2026-11-20T10:00:00Z,"{ESCAPES}',
+    )
+    events = (  # gzipped, within the bound (~190 kB decompressed); read line by line
+        "user_id,item_id,rating,weight,event_time,source\n"
+        "1,1,4.0,,2026-11-20T10:00:00Z,demo\n"
+        f'2,2,4.0,,2026-11-20T10:00:00Z,"{ESCAPES}"\n'
+        f'3,1,4.0,,2026-11-20T10:00:00Z,"{ESCAPES}\n'
+        f"4,1,4.0,,2026-11-20T10:00:00Z,{LONG}\n"
+        "5,5,3.0,,2026-11-20T11:00:00Z,demo\n"
+    )
+    (tmp_path / "interactions.csv.gz").write_bytes(gzip.compress(events.encode()))
+    # 2.4 MB of overviews in 3 kB: over the 1 MB bound, so the file is refused before Spark reads it.
+    bomb = "item_id,overview\n" + "1,A bombing overview\n" * 120_000
+    (tmp_path / "overviews.csv.gz").write_bytes(gzip.compress(bomb.encode()))
+
+    report = run_ingest(
+        spark,
+        config,
+        IngestRequest(
+            ds=ds,
+            catalog=tmp_path / "catalog.csv",
+            interactions=tmp_path / "interactions.csv.gz",
+            overviews=tmp_path / "overviews.csv.gz",
+        ),
+    )
+    assert_nothing_dropped(report)
+    # lines, rows, ingested, deferred, quarantined, superseded
+    assert accounts(report) == {
+        ("catalog.csv", "source"): (6, 5, 3, 0, 2, 0),
+        ("interactions.csv.gz", "source"): (5, 5, 3, 0, 2, 0),
+        ("overviews.csv.gz", "source"): (1, 1, 0, 0, 1, 0),
+    }
+    catalog_rows = {row["item_id"]: row for row in rows(spark, config, CATALOG)}
+    assert set(catalog_rows) == {1, 2, 5}
+    assert catalog_rows[2]["title"] == "Quotes " + '"' * 20_000
+    assert catalog_rows[5]["overview"] == "Two\nlines" and catalog_rows[1]["overview"] == "Plain"
+    events_in = {(r["user_id"], r["item_id"]): r for r in rows(spark, config, INTERACTIONS)}
+    assert set(events_in) == {(1, 1), (2, 2), (5, 5)}
+    assert events_in[(2, 2)]["source"] == '"' * 20_000
+    too_long = "malformed row: longer than 100000 characters"
+    assert quarantined_records(spark, config) == [
+        ("catalog.csv", 3, None, too_long, "3,Long," + "x" * 33, 1001),
+        ("catalog.csv", 4, None, "malformed row: unterminated quote", unclosed_item[:40], len(unclosed_item)),
+        (
+            "interactions.csv.gz",
+            1,
+            3,
+            "malformed row: unterminated quote",
+            unclosed_event[:40],
+            len(unclosed_event),
+        ),
+        ("interactions.csv.gz", 1, 4, too_long, "4,1,4.0,,2026-11-20T10:00:00Z,xxxxxxxxxx", 1001),
+        (
+            "overviews.csv.gz",
+            None,
+            None,
+            "input refused: overviews.csv.gz is larger than 1000000 bytes decompressed",
+            str(tmp_path / "overviews.csv.gz")[:40],
+            len(str(tmp_path / "overviews.csv.gz")),
+        ),
+    ]
+
+
+def test_no_line_kills_ingest_of_movielens_csv_files(spark, lake_config, tmp_path):
+    config = bounded_config(lake_config)
+    ds = dt.date(2026, 11, 25)
+    folder = tmp_path / "ml-latest"
+    folder.mkdir()
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        "1,Toy Story (1995),Animation\n"
+        f'2,"{ESCAPES}",Drama\n'
+        f"3,{LONG},Drama\n"
+        f'4,"{ESCAPES},Drama\n'
+        "5,Heat (1995),Action\n"
+    )
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n"
+        "1,1,4.0,964982703\n"
+        f'2,1,"4.0{ESCAPES},964982703\n'
+        f"3,1,4.0,{LONG}\n"
+        "4,5,3.5,964982703\n"
+    )
+    (folder / "tags.csv").write_text(
+        "userId,movieId,tag,timestamp\n"
+        "1,1,pixar,964982703\n"
+        f'2,5,"said ""{ESCAPES}""",964982703\n'
+        f'3,1,"{ESCAPES},964982703\n'
+        f"4,1,{LONG},964982703\n"
+    )
+    (folder / "links.csv").write_text(f'movieId,imdbId,tmdbId\n1,0114709,862\n2,"{ESCAPES},1\n5,0113277,{LONG}\n')
+    report = ingest(spark, config, ds=ds, movielens=folder)
+    assert_nothing_dropped(report)
+    assert accounts(report) == {
+        ("movies.csv", "source"): (5, 5, 3, 0, 2, 0),
+        ("ratings.csv", "source"): (4, 4, 2, 0, 2, 0),
+        ("tags.csv", "source"): (4, 4, 2, 0, 2, 0),
+        ("links.csv", "source"): (3, 3, 1, 0, 2, 0),
+    }
+    catalog_rows = {row["item_id"]: row for row in rows(spark, config, CATALOG)}
+    assert set(catalog_rows) == {1, 2, 5}
+    assert catalog_rows[2]["title"] == '"' * 20_000
+    assert catalog_rows[1]["imdb_id"] == "0114709" and catalog_rows[1]["tmdb_id"] == 862
+    assert catalog_rows[5]["tags"] == ["said " + '"' * 20_002]
+    assert catalog_rows[1]["tags"] == ["pixar"] and catalog_rows[5]["imdb_id"] is None
+    assert {(r["user_id"], r["item_id"]) for r in rows(spark, config, INTERACTIONS)} == {(1, 1), (4, 5)}
+    assert Counter((Path(r["source_file"]).name, r["reason"]) for r in rows(spark, config, QUARANTINE)) == Counter(
+        {
+            (name, reason): 1
+            for name in ("movies.csv", "ratings.csv", "tags.csv", "links.csv")
+            for reason in ("malformed row: unterminated quote", "malformed row: longer than 100000 characters")
+        }
+    )
+
+
+def test_no_line_kills_ingest_of_header_less_delimited_files(spark, lake_config, tmp_path):
+    config = bounded_config(lake_config)
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_bytes(
+        f"1::Toy Story (1995)::Animation\n2::{LONG}::Drama\n3::Heat {ESCAPES} (1995)::Action\n".encode("latin-1")
+    )
+    (folder / "ratings.dat").write_text(f"1::1::5::978300760\n2::1::{LONG}::978300760\n3::3::4::978301968\n")
+    report = ingest(spark, config, ds=dt.date(2026, 11, 25), movielens=folder)
+    assert_nothing_dropped(report)
+    catalog_rows = {row["item_id"]: row for row in rows(spark, config, CATALOG)}
+    assert set(catalog_rows) == {1, 3}  # unquoted files: "" is two characters of text
+    assert catalog_rows[3]["title"] == f"Heat {ESCAPES} (1995)"
+    assert {(r["user_id"], r["item_id"]) for r in rows(spark, config, INTERACTIONS)} == {(1, 1), (3, 3)}
+    assert quarantined_records(spark, config) == [
+        ("movies.dat", 2, None, "malformed row: longer than 100000 characters", "2::" + "x" * 37, 1001),
+        ("ratings.dat", 1, 2, "malformed row: longer than 100000 characters", "2::1::" + "x" * 34, 1001),
+    ]
 
 
 def test_deferred_rows_arrive_on_their_date_without_the_source_being_sent_again(spark, lake_config, tmp_path):

@@ -136,7 +136,7 @@ def test_quoted_line_breaks_join_lines_into_one_record():
     from jobs.sources import assemble_csv_records
 
     lines = ['1,First,"A plot', "", 'over lines",Drama', "2,Second,Plain,Comedy"]
-    records = list(assemble_csv_records(lines, expected_fields=4))
+    records = list(assemble_csv_records(lines, expected_fields=4, max_record_chars=1000))
     assert [(r.first_line, r.lines, r.malformed) for r in records] == [(0, 2, None), (3, 1, None)]
     assert records[0].text == '1,First,"A plot\n\nover lines",Drama'
 
@@ -145,7 +145,7 @@ def test_an_unterminated_quote_costs_only_its_line():
     from jobs.sources import UNTERMINATED_QUOTE, assemble_csv_records
 
     lines = ["1,Good,x,y", '2,"Broken,x,y', "3,Good,x,y", '4,Fourth,"Quoted ""word""",y', "5,Good,x,y"]
-    records = list(assemble_csv_records(lines, expected_fields=4))
+    records = list(assemble_csv_records(lines, expected_fields=4, max_record_chars=1000))
     assert [(r.first_line, r.lines, r.malformed) for r in records] == [
         (0, 1, None),
         (1, 1, UNTERMINATED_QUOTE),
@@ -161,7 +161,9 @@ def test_a_quote_left_open_to_the_end_of_the_file_or_the_record_limit_is_one_bad
 
     lines = ['1,"never closed,x,y'] + [f"{i},Good,x,y" for i in range(2, 12)]
     for limit in (3, 200):
-        records = list(assemble_csv_records(lines, expected_fields=4, max_record_lines=limit))
+        records = list(
+            assemble_csv_records(lines, expected_fields=4, max_record_chars=1000, max_record_lines=limit)
+        )
         assert len(records) == 11 and records[0].malformed == UNTERMINATED_QUOTE
         assert all(r.malformed is None and r.lines == 1 for r in records[1:])
 
@@ -172,6 +174,49 @@ def test_a_literal_quote_inside_an_unquoted_field_is_text():
     assert not CsvScan().feed('6,x"y,z').open
     assert CsvScan().feed('6,"x').open
     assert CsvScan().feed('6,"x""y",z').fields == 3
+
+
+def test_a_record_over_the_bound_costs_only_itself():
+    from jobs.sources import assemble_csv_records
+
+    long_line = "3,Long," + "x" * 95 + ",y"  # 104 characters, bound 100
+    lines = ["1,Good,x,y", long_line, '4,"opens here,x,y', "x" * 60, "x" * 60 + '",y', "5,Good,x,y"]
+    records = list(assemble_csv_records(lines, expected_fields=4, max_record_chars=100))
+    assert [(r.first_line, r.lines, r.malformed) for r in records] == [
+        (0, 1, None),
+        (1, 1, "malformed row: longer than 100 characters"),
+        # item 4's quote would need 17 + 1 + 60 + 1 + 63 = 142 characters to close: not followed that far
+        (2, 1, "malformed row: longer than 100 characters"),
+        (3, 1, None),  # the lines it would have swallowed are records of their own (the rules judge them)
+        (4, 1, None),
+        (5, 1, None),
+    ]
+    assert records[1].text == long_line + "…"  # shorter than the 1000-character prefix: whole, marked cut
+    assert records[2].text == '4,"opens here,x,y'
+
+
+def test_twenty_thousand_escapes_are_one_field_not_a_stack_overflow():
+    from jobs.sources import UNTERMINATED_QUOTE, CsvScan, assemble_csv_records
+
+    escapes = '""' * 20_000
+    closed, unclosed = f'1,"{escapes}",y,z', f'2,"{escapes},y,z'
+    assert CsvScan().feed(closed).fields == 4 and not CsvScan().feed(closed).open
+    records = list(assemble_csv_records([closed, unclosed, "3,a,b,c"], expected_fields=4, max_record_chars=50_000))
+    assert [(r.first_line, r.malformed) for r in records] == [(0, None), (1, UNTERMINATED_QUOTE), (2, None)]
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_record_chars", 0), ("max_decompressed_bytes", -1)])
+def test_record_limits_must_be_positive(name, value):
+    with pytest.raises(ValueError, match=name):
+        PipelineConfig(**{name: value})
+
+
+def test_record_limits_come_from_the_environment(monkeypatch):
+    from jobs.sources import RecordLimits
+
+    monkeypatch.setenv("MODALRANK_MAX_RECORD_CHARS", "5000")
+    monkeypatch.setenv("MODALRANK_MAX_DECOMPRESSED_BYTES", "123456")
+    assert RecordLimits.of(load_config()) == RecordLimits(5000, 123456)
 
 
 def test_accounts_that_do_not_add_up_stop_the_run():

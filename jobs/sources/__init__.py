@@ -22,6 +22,11 @@ quote is open, for at most `MAX_RECORD_LINES` lines, and only when the result ha
 fields. Otherwise the opening line alone is quarantined ("unterminated quote") and the next line starts
 a record of its own.
 
+No record costs more than itself (`RecordLimits`, from `PipelineConfig`): a line over `max_record_chars`
+is quarantined as "longer than N characters" with its first characters kept, before any pattern or
+parser reads it; the quote check never recurses, whatever a line holds; a compressed input that expands
+beyond `max_decompressed_bytes` is one quarantined row ("input refused: ...") for the whole file.
+
 One module per source family: `movielens` (its three layouts), `generic` (catalog + interactions files,
 overviews), `media_folders` (posters, audio, video); beside them `canonical` (the shape and result types),
 `files` (reading files as physical records in Spark) and `csv_records` (what one CSV record is, pure).
@@ -29,7 +34,15 @@ Import from `jobs.sources`: the names below are its interface.
 """
 
 from jobs.sources.canonical import INTERACTION_FIELDS, ITEM_FIELDS, META_FIELDS, Extra, RawSource, SourceError
-from jobs.sources.csv_records import MAX_RECORD_LINES, UNTERMINATED_QUOTE, CsvRecord, CsvScan, assemble_csv_records
+from jobs.sources.csv_records import (
+    MAX_RECORD_LINES,
+    UNTERMINATED_QUOTE,
+    CsvRecord,
+    CsvScan,
+    RecordLimits,
+    assemble_csv_records,
+    record_too_long,
+)
 from jobs.sources.files import read_csv_with_header, read_delimited, read_table_file, read_text_lines
 from jobs.sources.generic import read_generic, read_overviews
 from jobs.sources.media_folders import (
@@ -53,6 +66,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "CsvRecord",
     "CsvScan",
+    "RecordLimits",
     "Extra",
     "RawSource",
     "SourceError",
@@ -67,4 +81,5 @@ __all__ = [
     "read_overviews",
     "read_table_file",
     "read_text_lines",
+    "record_too_long",
 ]

@@ -17,6 +17,7 @@ from jobs.sources.canonical import (
     canonical,
     require_columns,
 )
+from jobs.sources.csv_records import RecordLimits
 from jobs.sources.files import read_csv_with_header, read_table_file
 
 
@@ -24,12 +25,13 @@ def read_generic(
     spark: SparkSession,
     catalog: Path,
     interactions: Path,
+    limits: RecordLimits,
     media_root: Path | None = None,
     rating_range: tuple[float, float] = (0.0, 5.0),
 ) -> RawSource:
-    items = read_table_file(spark, catalog, multiline=True)  # overviews may hold quoted line breaks
+    items = read_table_file(spark, catalog, limits, multiline=True)  # overviews may hold quoted line breaks
     require_columns(items, ("item_id", "title"), catalog)
-    events = read_table_file(spark, interactions)
+    events = read_table_file(spark, interactions, limits)
     require_columns(events, ("user_id", "item_id"), interactions)
     events = events.withColumn(
         "source", F.coalesce(F.col("source"), F.lit("event")) if "source" in events.columns else F.lit("event")
@@ -43,9 +45,9 @@ def read_generic(
     )
 
 
-def read_overviews(spark: SparkSession, path: Path) -> Extra:
+def read_overviews(spark: SparkSession, path: Path, limits: RecordLimits) -> Extra:
     """A CSV with an item id column (`item_id` or MovieLens' `movieId`) and an `overview` column."""
-    df = read_csv_with_header(spark, path, multiline=True)
+    df = read_csv_with_header(spark, path, limits, multiline=True)
     if "item_id" not in df.columns and "movieId" in df.columns:
         df = df.withColumnRenamed("movieId", "item_id")
     require_columns(df, ("item_id", "overview"), path)

@@ -18,6 +18,7 @@ from jobs.sources.canonical import (
     SourceError,
     canonical,
 )
+from jobs.sources.csv_records import RecordLimits
 from jobs.sources.files import read_csv_with_header, read_delimited
 
 log = logging.getLogger("modalrank.sources")
@@ -60,14 +61,14 @@ def detect_movielens_layout(directory: Path) -> str:
     )
 
 
-def read_movielens(spark: SparkSession, directory: Path) -> RawSource:
+def read_movielens(spark: SparkSession, directory: Path, limits: RecordLimits) -> RawSource:
     layout = detect_movielens_layout(directory)
     log.info("reading %s from %s", layout, directory)
     return {
         "movielens-csv": _read_movielens_csv,
         "movielens-100k": _read_movielens_100k,
         "movielens-1m": _read_movielens_1m,
-    }[layout](spark, directory)
+    }[layout](spark, directory, limits)
 
 
 def _genres_from_pipes(column: str) -> Column:
@@ -83,18 +84,18 @@ def _ratings_interactions(df: DataFrame) -> DataFrame:
     )
 
 
-def _read_movielens_csv(spark: SparkSession, directory: Path) -> RawSource:
-    movies = read_csv_with_header(spark, directory / "movies.csv")
+def _read_movielens_csv(spark: SparkSession, directory: Path, limits: RecordLimits) -> RawSource:
+    movies = read_csv_with_header(spark, directory / "movies.csv", limits)
     items = canonical(
         movies.withColumn("genres", _genres_from_pipes("genres")), ITEM_FIELDS, {"movieId": "item_id"}
     )
-    interactions = _ratings_interactions(read_csv_with_header(spark, directory / "ratings.csv"))
+    interactions = _ratings_interactions(read_csv_with_header(spark, directory / "ratings.csv", limits))
     extras = []
     if (directory / "tags.csv").exists():
-        tags = read_csv_with_header(spark, directory / "tags.csv").withColumnRenamed("movieId", "item_id")
+        tags = read_csv_with_header(spark, directory / "tags.csv", limits).withColumnRenamed("movieId", "item_id")
         extras.append(Extra("tags", tags.select("item_id", "tag", *META_FIELDS)))
     if (directory / "links.csv").exists():
-        links = read_csv_with_header(spark, directory / "links.csv")
+        links = read_csv_with_header(spark, directory / "links.csv", limits)
         links = links.select(
             F.col("movieId").alias("item_id"),
             F.col("imdbId").alias("imdb_id"),
@@ -105,26 +106,33 @@ def _read_movielens_csv(spark: SparkSession, directory: Path) -> RawSource:
     return RawSource("movielens-csv", items, interactions, extras, rating_range=(0.5, 5.0))
 
 
-def _read_movielens_100k(spark: SparkSession, directory: Path) -> RawSource:
+def _read_movielens_100k(spark: SparkSession, directory: Path, limits: RecordLimits) -> RawSource:
     item_columns = ("item_id", "title", "release_date", "video_release_date", "imdb_url") + tuple(
         f"genre_{i}" for i in range(len(ML100K_GENRES))
     )
-    raw_items = read_delimited(spark, directory / "u.item", r"\|", item_columns, "ISO-8859-1")
+    raw_items = read_delimited(spark, directory / "u.item", r"\|", item_columns, "ISO-8859-1", limits)
     flagged = F.array(*(F.when(F.col(f"genre_{i}") == "1", F.lit(name)) for i, name in enumerate(ML100K_GENRES)))
     raw_items = raw_items.withColumn("genres", F.array_join(F.filter(flagged, lambda g: g.isNotNull()), "|"))
     items = canonical(raw_items, ITEM_FIELDS)
     ratings = read_delimited(
-        spark, directory / "u.data", r"\t", ("user_id", "item_id", "rating", "event_time"), "UTF-8"
+        spark, directory / "u.data", r"\t", ("user_id", "item_id", "rating", "event_time"), "UTF-8", limits
     )
     interactions = canonical(ratings.withColumn("source", F.lit("rating")), INTERACTION_FIELDS)
     return RawSource("movielens-100k", items, interactions, rating_range=(1.0, 5.0))
 
 
-def _read_movielens_1m(spark: SparkSession, directory: Path) -> RawSource:
-    movies = read_delimited(spark, directory / "movies.dat", "::", ("item_id", "title", "genres"), "ISO-8859-1")
+def _read_movielens_1m(spark: SparkSession, directory: Path, limits: RecordLimits) -> RawSource:
+    movies = read_delimited(
+        spark, directory / "movies.dat", "::", ("item_id", "title", "genres"), "ISO-8859-1", limits
+    )
     items = canonical(movies, ITEM_FIELDS)
     ratings = read_delimited(
-        spark, directory / "ratings.dat", "::", ("user_id", "item_id", "rating", "event_time"), "ISO-8859-1"
+        spark,
+        directory / "ratings.dat",
+        "::",
+        ("user_id", "item_id", "rating", "event_time"),
+        "ISO-8859-1",
+        limits,
     )
     interactions = canonical(ratings.withColumn("source", F.lit("rating")), INTERACTION_FIELDS)
     return RawSource("movielens-1m", items, interactions, rating_range=(1.0, 5.0))
