@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, expect_array
 
 log = logging.getLogger("modalrank.audio")
 
@@ -128,6 +128,24 @@ class AudioExtractor(Extractor[DecodedAudio]):
     def decode(self, data: object) -> DecodedAudio | Extraction:
         """libsndfile's half (the risky one, on untrusted bytes): `decode_audio`."""
         return decode_audio(data)
+
+    def decoded_to_arrays(self, decoded: DecodedAudio) -> tuple[dict[str, object], list[np.ndarray]]:
+        fields: dict[str, object] = {
+            "sample_rate": decoded.sample_rate,
+            "channels": decoded.channels,
+            "duration": decoded.duration,
+        }
+        return fields, [decoded.samples]
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> DecodedAudio:
+        (samples,) = arrays
+        expect_array(samples, np.float32, 1, "decoded audio")
+        sample_rate, channels, duration = (fields["sample_rate"], fields["channels"], fields["duration"])
+        if not (isinstance(sample_rate, int) and isinstance(channels, int) and isinstance(duration, int | float)):
+            raise ValueError("decoded audio: sample_rate and channels must be whole numbers, duration a number")
+        if sample_rate <= 0 or channels <= 0 or not math.isfinite(duration):
+            raise ValueError(f"decoded audio: rate {sample_rate}, {channels} channels, {duration} s")
+        return DecodedAudio(samples, sample_rate, channels, float(duration))
 
     def extract_decoded(self, decoded: Sequence[DecodedAudio]) -> list[Extraction]:
         return [self._features_of(clip) for clip in decoded]

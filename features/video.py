@@ -68,7 +68,7 @@ import cv2
 import numpy as np
 
 from features import models
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, expect_array
 
 log = logging.getLogger("modalrank.video")
 
@@ -163,6 +163,29 @@ class VideoExtractor(Extractor[ScannedVideo]):
         except Exception:
             log.exception("OpenCV failed on a video of %d bytes", len(value))
             return Extraction.failed(FEATURE_ERROR)
+
+    def decoded_to_arrays(self, decoded: ScannedVideo) -> tuple[dict[str, object], list[np.ndarray]]:
+        fields = {
+            "motion": [float(value) for value in decoded.motion],
+            "cuts": decoded.cuts,
+            "decoded": decoded.decoded,
+            "fps": decoded.fps,
+            "duration": decoded.duration,
+        }
+        return fields, list(decoded.frames)
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> ScannedVideo:
+        frames = [expect_array(frame, np.uint8, 3, "video frame") for frame in arrays]
+        if not frames or len(frames) > self.max_frames or any(frame.shape[2] != 3 for frame in frames):
+            raise ValueError(f"{len(frames)} video frames, expected 1 to {self.max_frames} BGR frames")
+        motion = np.asarray(fields["motion"], dtype=np.float64)
+        cuts, decoded = fields["cuts"], fields["decoded"]
+        fps, duration = fields["fps"], fields["duration"]
+        if motion.shape != (4,) or not (isinstance(cuts, int) and isinstance(decoded, int)):
+            raise ValueError("scanned video: motion must be 4 numbers, cuts and decoded whole numbers")
+        if not (isinstance(fps, int | float) and isinstance(duration, int | float) and 0 < fps <= MAX_FPS):
+            raise ValueError(f"scanned video: fps {fps!r}, duration {duration!r}")
+        return ScannedVideo(frames, motion, cuts, decoded, float(fps), float(duration))
 
     def extract_decoded(self, decoded: Sequence[ScannedVideo]) -> list[Extraction]:
         return [self._vector(self._features(scanned), self._meta(scanned)) for scanned in decoded]

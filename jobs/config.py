@@ -22,6 +22,10 @@ from jobs.arguments import ARTIFACTS, LAKE, boolean, optional_artifacts, optiona
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What a decode child needs on top of a media file's own bytes to decode it: decoder state, a frame or a
+# minute of samples, the reply's arrays (a 16-frame video sample at 960 px is ~44 MiB).
+DECODE_HEADROOM_MB = 256
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -81,6 +85,16 @@ class PipelineConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        # A decode child holds the file's bytes and decodes them within `decode_memory_mb`: a limit that
+        # cannot hold one file of the size cap plus room to decode it would fail every large item, each with
+        # a permanent reason, so the two are checked together here rather than discovered item by item.
+        needed_mb = -(-int(self.max_media_bytes) // 2**20) + DECODE_HEADROOM_MB
+        if int(self.decode_memory_mb) < needed_mb:
+            raise ValueError(
+                f"decode_memory_mb={self.decode_memory_mb} cannot hold one media file of max_media_bytes="
+                f"{self.max_media_bytes} plus {DECODE_HEADROOM_MB} MiB to decode it: set MODALRANK_DECODE_MEMORY_MB "
+                f"to at least {needed_mb}, or lower MODALRANK_MAX_MEDIA_BYTES"
+            )
         if self.alert_target and urllib.parse.urlsplit(self.alert_target).scheme not in ("http", "https"):
             raise ValueError(f"alert_target must be an http(s) URL, got {self.alert_target!r}")
         if int(self.lease_timeout_seconds) < 0:
