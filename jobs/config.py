@@ -67,6 +67,16 @@ class PipelineConfig:
     decode_timeout_s: int = 600
     decode_memory_mb: int = 8192
     max_image_pixels: int = 40_000_000
+    # How much of one clip a decode child decodes at most, whatever its header claims: seconds and frames of
+    # video (600 s at 60 fps), pixels per second of video (frame size x frame rate: 4K at 60 fps; a stream
+    # over it fails "video decode rate too high"), seconds of audio and its sample rate (a rate over it
+    # fails "audio sample rate too high"). The analysed part of longer clips ends there, so changing a
+    # bound changes the vectors of the clips past it: re-extract them (`--force`) after changing one.
+    max_video_seconds: int = 600
+    max_video_frames: int = 36_000
+    max_video_pixels_per_second: int = 500_000_000
+    max_audio_seconds: int = 60
+    max_audio_sample_rate: int = 192_000
     # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
     extract_chunk_items: int = 1000
     # Alerts (jobs.alerts): an http(s) URL that gets each alert as a JSON POST (empty: the alert is written to
@@ -80,6 +90,11 @@ class PipelineConfig:
             "decode_timeout_s",
             "decode_memory_mb",
             "max_image_pixels",
+            "max_video_seconds",
+            "max_video_frames",
+            "max_video_pixels_per_second",
+            "max_audio_seconds",
+            "max_audio_sample_rate",
             "extract_chunk_items",
             "night_deadline_minutes",
         ):
@@ -238,6 +253,11 @@ _ENV_FIELDS = {
     "MODALRANK_DECODE_TIMEOUT_S": "decode_timeout_s",
     "MODALRANK_DECODE_MEMORY_MB": "decode_memory_mb",
     "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "MODALRANK_MAX_VIDEO_SECONDS": "max_video_seconds",
+    "MODALRANK_MAX_VIDEO_FRAMES": "max_video_frames",
+    "MODALRANK_MAX_VIDEO_PIXELS_PER_SECOND": "max_video_pixels_per_second",
+    "MODALRANK_MAX_AUDIO_SECONDS": "max_audio_seconds",
+    "MODALRANK_MAX_AUDIO_SAMPLE_RATE": "max_audio_sample_rate",
     "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
     "MODALRANK_ALERT_TARGET": "alert_target",
     "MODALRANK_NIGHT_DEADLINE_MINUTES": "night_deadline_minutes",

@@ -102,6 +102,12 @@ class DecodeLimits:
     memory_mb: int
     max_image_pixels: int
     threads: int = 1
+    # How much of one clip is decoded at most (features.video.DecodeBounds, features.audio.decode_audio).
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 36_000
+    max_video_pixels_per_second: int = 500_000_000
+    max_audio_seconds: float = 60.0
+    max_audio_sample_rate: int = 192_000
 
     @property
     def max_reply_bytes(self) -> int:
@@ -131,6 +137,11 @@ def limits_from_config(config, threads: int = 1) -> DecodeLimits:
         memory_mb=config.decode_memory_mb,
         max_image_pixels=config.max_image_pixels,
         threads=threads,
+        max_video_seconds=config.max_video_seconds,
+        max_video_frames=config.max_video_frames,
+        max_video_pixels_per_second=config.max_video_pixels_per_second,
+        max_audio_seconds=config.max_audio_seconds,
+        max_audio_sample_rate=config.max_audio_sample_rate,
     )
 
 
@@ -326,9 +337,20 @@ def _array_specs(raw: object) -> list[tuple[np.dtype, tuple[int, ...], int]]:
     return specs
 
 
-def _extractor_options(modality: str, limits: DecodeLimits) -> dict[str, int]:
-    # The pixel limit holds for video frames too (FFmpeg has none of its own).
-    return {"max_pixels": limits.max_image_pixels} if modality in ("image", "video") else {}
+def _extractor_options(modality: str, limits: DecodeLimits) -> dict[str, float]:
+    """The decoding bounds of `limits` as the modality's extractor takes them."""
+    if modality == "image":
+        return {"max_pixels": limits.max_image_pixels}
+    if modality == "video":  # the pixel limit holds for video frames too (FFmpeg has none of its own)
+        return {
+            "max_pixels": limits.max_image_pixels,
+            "max_seconds": limits.max_video_seconds,
+            "max_decoded_frames": limits.max_video_frames,
+            "max_pixels_per_second": limits.max_video_pixels_per_second,
+        }
+    if modality == "audio":
+        return {"max_seconds": limits.max_audio_seconds, "max_sample_rate": limits.max_audio_sample_rate}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------------

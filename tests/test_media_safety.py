@@ -323,3 +323,21 @@ def test_a_clip_killed_mid_decode_leaves_no_temporary_copy(tmp_path):
         assert not Path(folder).exists()  # the frozen child was killed and its folder removed with it
         value, again = sandbox.decode(str(tmp_path / "short.mp4"))
         assert again is None and value.decoded == 10 and sandbox.temp_folder != folder
+
+
+def test_decoding_work_per_clip_is_bounded_whatever_the_header_says(tmp_path):
+    wav = tmp_path / "1.wav"
+    wav.write_bytes(one_second_wav())  # 22,050 Hz, 1 s
+    ten_frame_mp4(tmp_path / "2.mp4")  # 64 x 48 at 10 fps: 30,720 pixels per second of clip
+    bounded = dict(LIMITS.__dict__, max_video_frames=4, max_audio_seconds=0.5)
+    with DecodeSandbox("video", DecodeLimits(**bounded)) as sandbox:
+        scanned, reason = sandbox.decode(str(tmp_path / "2.mp4"))
+    assert reason is None and scanned.decoded == 4  # frames past the bound are never decoded
+    assert scanned.duration == pytest.approx(1.0)  # the container's own length still counts
+    with DecodeSandbox("video", DecodeLimits(**{**bounded, "max_video_pixels_per_second": 30_719})) as sandbox:
+        assert sandbox.decode(str(tmp_path / "2.mp4")) == (None, "video decode rate too high")
+    with DecodeSandbox("audio", DecodeLimits(**bounded)) as sandbox:
+        clip, reason = sandbox.decode(str(wav))
+    assert reason is None and clip.samples.shape == (11_025,) and clip.duration == pytest.approx(1.0)
+    with DecodeSandbox("audio", DecodeLimits(**{**bounded, "max_audio_sample_rate": 16_000})) as sandbox:
+        assert sandbox.decode(str(wav)) == (None, "audio sample rate too high")
