@@ -39,7 +39,8 @@ file's own), `channels`, `tempo` (BPM).
 Failure phrases (fixed, so quarantine groups by reason): EMPTY "empty file" (no bytes or None),
 UNDECODABLE "undecodable audio" (libsndfile cannot open or read it, including a WAV cut inside its header
 so no sample is left, and float samples that are not finite numbers; a WAV cut inside its data decodes
-the samples that are there), TOO_SHORT "audio too short" (under 0.1 s), SILENT "silent audio" (peak amplitude under 1e-4), FEATURE_ERROR "audio feature
+the samples that are there), TOO_SHORT "audio too short" (under 0.1 s), TOO_FAST "audio sample rate too high" (over `max_sample_rate`,
+192 kHz by default, from the header before any sample is read), SILENT "silent audio" (peak amplitude under 1e-4), FEATURE_ERROR "audio feature
 error" (librosa failed on decoded audio: a bug or an input nobody foresaw; logged with its traceback).
 """
 
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, expect_array
 
 log = logging.getLogger("modalrank.audio")
 
@@ -63,9 +64,12 @@ UNDECODABLE = "undecodable audio"
 SILENT = "silent audio"
 TOO_SHORT = "audio too short"
 FEATURE_ERROR = "audio feature error"
+TOO_FAST = "audio sample rate too high"
 
 SAMPLE_RATE = 22_050
 MAX_SECONDS = 60.0
+# With MAX_SECONDS this bounds the samples one clip's decode reads (a header may claim any rate).
+MAX_SAMPLE_RATE = 192_000
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-4
 N_MFCC = 20
@@ -108,8 +112,12 @@ class AudioExtractor(Extractor[DecodedAudio]):
     version = "1"
     dim = DIM
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(
+        self, device: str | None = None, max_seconds: float = MAX_SECONDS, max_sample_rate: int = MAX_SAMPLE_RATE
+    ) -> None:
         super().__init__()
+        self.max_seconds = float(max_seconds)
+        self.max_sample_rate = int(max_sample_rate)
         # librosa is CPU-only; the argument exists so the registry can build every extractor alike.
         self.device = "cpu"
 
@@ -127,7 +135,25 @@ class AudioExtractor(Extractor[DecodedAudio]):
 
     def decode(self, data: object) -> DecodedAudio | Extraction:
         """libsndfile's half (the risky one, on untrusted bytes): `decode_audio`."""
-        return decode_audio(data)
+        return decode_audio(data, self.max_seconds, self.max_sample_rate)
+
+    def decoded_to_arrays(self, decoded: DecodedAudio) -> tuple[dict[str, object], list[np.ndarray]]:
+        fields: dict[str, object] = {
+            "sample_rate": decoded.sample_rate,
+            "channels": decoded.channels,
+            "duration": decoded.duration,
+        }
+        return fields, [decoded.samples]
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> DecodedAudio:
+        (samples,) = arrays
+        expect_array(samples, np.float32, 1, "decoded audio")
+        sample_rate, channels, duration = (fields["sample_rate"], fields["channels"], fields["duration"])
+        if not (isinstance(sample_rate, int) and isinstance(channels, int) and isinstance(duration, int | float)):
+            raise ValueError("decoded audio: sample_rate and channels must be whole numbers, duration a number")
+        if sample_rate <= 0 or channels <= 0 or not math.isfinite(duration):
+            raise ValueError(f"decoded audio: rate {sample_rate}, {channels} channels, {duration} s")
+        return DecodedAudio(samples, sample_rate, channels, float(duration))
 
     def extract_decoded(self, decoded: Sequence[DecodedAudio]) -> list[Extraction]:
         return [self._features_of(clip) for clip in decoded]
@@ -153,8 +179,11 @@ class AudioExtractor(Extractor[DecodedAudio]):
         return self._vector(features, meta)
 
 
-def decode_audio(value: object) -> DecodedAudio | Extraction:
-    """The clip's first MAX_SECONDS as mono float32 at its own rate, or the failure that explains why not."""
+def decode_audio(
+    value: object, max_seconds: float = MAX_SECONDS, max_sample_rate: int = MAX_SAMPLE_RATE
+) -> DecodedAudio | Extraction:
+    """The clip's first `max_seconds` as mono float32 at its own rate, or the failure that explains why
+    not; a rate over `max_sample_rate` is refused before any sample is read."""
     if value is None or (isinstance(value, bytes | bytearray | memoryview) and len(value) == 0):
         return Extraction.failed(EMPTY)
     if not isinstance(value, bytes | bytearray | memoryview):
@@ -162,7 +191,9 @@ def decode_audio(value: object) -> DecodedAudio | Extraction:
     try:
         with soundfile.SoundFile(io.BytesIO(bytes(value))) as handle:
             sample_rate, channels, total_frames = handle.samplerate, handle.channels, handle.frames
-            wanted = min(total_frames, math.ceil(MAX_SECONDS * sample_rate))
+            if sample_rate > max_sample_rate:
+                return Extraction.failed(TOO_FAST)
+            wanted = min(total_frames, math.ceil(max_seconds * sample_rate))
             samples = handle.read(frames=wanted, dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile's errors, and whatever a hostile header makes it raise
         log.debug("undecodable audio: %s", error)

@@ -32,6 +32,14 @@ class Extraction:
         return cls(vector=None, error=reason)
 
 
+def expect_array(array: np.ndarray, dtype: type, ndim: int, what: str) -> np.ndarray:
+    """`array` when it has `dtype` and `ndim` dimensions, else ValueError naming `what` (a decoded part
+    from a decode child is checked before the model sees it)."""
+    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        raise ValueError(f"{what}: expected {ndim}-d {np.dtype(dtype)}, got {array.ndim}-d {array.dtype}")
+    return array
+
+
 def in_input_order(results: dict[int, Extraction], n_inputs: int) -> list[Extraction]:
     """Results keyed by input position, as the list of inputs 0 … n_inputs - 1 (each must have one)."""
     return [results[position] for position in range(n_inputs)]
@@ -67,7 +75,18 @@ class Extractor(ABC, Generic[Decoded]):
         """Everything the extractor does to an untrusted input before its model: parse and decode the
         bytes into arrays (or return a failed `Extraction`). Media extractors override it together with
         `extract_decoded`, so the pipeline can run this half in a sandboxed process (`jobs.decode_sandbox`)
-        and the model half in the worker; the result must pickle."""
+        and the model half in the worker; the result must travel as `decoded_to_arrays` says."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
+
+    def decoded_to_arrays(self, decoded: Decoded) -> tuple[dict[str, object], list[np.ndarray]]:
+        """`decoded` as plain parts, for the sandbox's pipe: a small JSON-able dict of numbers and a list
+        of arrays. The worker rebuilds it with `decoded_from_arrays`, so it never unpickles what a decode
+        child (which ran on untrusted bytes) sent."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> Decoded:
+        """The inverse of `decoded_to_arrays`; raises ValueError for parts that are not what `decode`
+        makes (wrong count, dtype or rank), which the sandbox reports as a refused reply."""
         raise NotImplementedError(f"{type(self).__name__} has no separate decoding step")
 
     def extract_decoded(self, decoded: Sequence[Decoded]) -> list[Extraction]:

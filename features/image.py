@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from features import models
-from features.base import Extraction, Extractor, in_input_order
+from features.base import Extraction, Extractor, expect_array, in_input_order
 
 log = logging.getLogger("modalrank.image")
 
@@ -391,6 +391,21 @@ class ImageExtractor(Extractor[DecodedImage]):
             return Extraction.failed(UNDECODABLE)
         meta = {"width": float(image.shape[1]), "height": float(image.shape[0])}
         return _model_sized(image), descriptors, meta
+
+    def decoded_to_arrays(self, decoded: DecodedImage) -> tuple[dict[str, object], list[np.ndarray]]:
+        image, descriptors, meta = decoded
+        return {"meta": meta}, [image, descriptors]
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> DecodedImage:
+        image, descriptors = arrays
+        expect_array(image, np.uint8, 3, "decoded image")
+        expect_array(descriptors, np.float32, 1, "image descriptors")
+        if image.shape[2] != 3 or descriptors.shape != (DESCRIPTOR_DIM,):
+            raise ValueError(f"decoded image {image.shape} with descriptors {descriptors.shape}")
+        meta = fields["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError("image meta is not a mapping")
+        return image, descriptors, {str(key): float(value) for key, value in meta.items()}
 
     def extract_decoded(self, decoded: Sequence[DecodedImage]) -> list[Extraction]:
         results: dict[int, Extraction] = {}

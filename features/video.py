@@ -6,7 +6,9 @@ appearance comes from the same image model as posters (`features.image.embed_fra
 OpenCV signal processing.
 
 What it must never do: raise for one bad file (empty, corrupt, truncated or frameless clips come back as
-a failed `Extraction` with a fixed phrase), decode more than the first `MAX_SECONDS` (600) of a clip, leave its
+a failed `Extraction` with a fixed phrase), decode more than `max_seconds` (600) of a clip or more than
+`max_decoded_frames` (36,000) frames, decode a stream whose header promises more than
+`max_pixels_per_second` (500 M: 4K at 60 fps) of work per second of clip, leave its
 temporary file behind, or let one clip's result depend on the other clips of its batch (each clip's
 frames are embedded in their own model batch, so same bytes give the same vector). Nothing here imports
 pyspark.
@@ -52,7 +54,8 @@ Meta per result: `frames_sampled`, `frames_decoded`, `duration` (seconds), `fps`
 Failure phrases: EMPTY "empty file" (no bytes or None), UNDECODABLE "undecodable video" (OpenCV cannot
 open it: random bytes, an MP4 whose moov atom was cut off, not bytes at all), NO_FRAMES "video has no
 frames" (it opens but not one frame decodes), TOO_LARGE "video frames too large" (the container's frame
-size is over `max_pixels`, checked before decoding), FEATURE_ERROR "video feature error" (OpenCV failed on
+size is over `max_pixels`, checked before decoding), TOO_DEMANDING "video decode rate too high" (frame size x
+frame rate over `max_pixels_per_second`, checked before decoding), FEATURE_ERROR "video feature error" (OpenCV failed on
 decoded frames: a bug or an input nobody foresaw; logged with its traceback).
 """
 
@@ -68,7 +71,7 @@ import cv2
 import numpy as np
 
 from features import models
-from features.base import Extraction, Extractor
+from features.base import Extraction, Extractor, expect_array
 
 log = logging.getLogger("modalrank.video")
 
@@ -77,6 +80,7 @@ UNDECODABLE = "undecodable video"
 NO_FRAMES = "video has no frames"
 FEATURE_ERROR = "video feature error"
 TOO_LARGE = "video frames too large"
+TOO_DEMANDING = "video decode rate too high"
 
 EMBEDDING_DIM = 1280
 MEAN_POOL = slice(0, EMBEDDING_DIM)
@@ -97,6 +101,11 @@ FPS_SCALE = 60.0
 FALLBACK_FPS = 25.0
 MAX_FPS = 1000.0
 MAX_SECONDS = 600.0
+# What one clip's decode may cost at most, whatever its header says: frames (600 s at 60 fps) and pixels
+# per second of clip (4K at 60 fps). With MAX_FRAME_PIXELS this bounds a clip's decoding work; a rate the
+# container invents (1000 fps) cannot make it decode more than MAX_DECODED_FRAMES.
+MAX_DECODED_FRAMES = 36_000
+MAX_PIXELS_PER_SECOND = 500_000_000
 # Sampled frames are kept for the embedder, which shrinks them to 224 px anyway: cap what a 4K clip holds.
 MAX_FRAME_SIDE = 960
 # Frames bigger than this (8K UHD is 33 M pixels) are refused before decoding: one such frame is 120 MB+.
@@ -133,6 +142,9 @@ class VideoExtractor(Extractor[ScannedVideo]):
         sample_fps: float = 2.0,
         max_frames: int = 16,
         max_pixels: int = MAX_FRAME_PIXELS,
+        max_seconds: float = MAX_SECONDS,
+        max_decoded_frames: int = MAX_DECODED_FRAMES,
+        max_pixels_per_second: int = MAX_PIXELS_PER_SECOND,
     ) -> None:
         super().__init__()
         if not sample_fps > 0 or int(max_frames) < 1:
@@ -141,6 +153,7 @@ class VideoExtractor(Extractor[ScannedVideo]):
         self.sample_fps = float(sample_fps)
         self.max_frames = int(max_frames)
         self.max_pixels = int(max_pixels)
+        self.bounds = DecodeBounds(float(max_seconds), int(max_decoded_frames), int(max_pixels_per_second))
 
     def warm_up(self) -> None:
         """Load the image model now rather than inside the first batch."""
@@ -159,10 +172,33 @@ class VideoExtractor(Extractor[ScannedVideo]):
         if not isinstance(value, bytes | bytearray | memoryview):
             return Extraction.failed(UNDECODABLE)
         try:
-            return read_video(bytes(value), self.sample_fps, self.max_frames, self.max_pixels)
+            return read_video(bytes(value), self.sample_fps, self.max_frames, self.max_pixels, self.bounds)
         except Exception:
             log.exception("OpenCV failed on a video of %d bytes", len(value))
             return Extraction.failed(FEATURE_ERROR)
+
+    def decoded_to_arrays(self, decoded: ScannedVideo) -> tuple[dict[str, object], list[np.ndarray]]:
+        fields = {
+            "motion": [float(value) for value in decoded.motion],
+            "cuts": decoded.cuts,
+            "decoded": decoded.decoded,
+            "fps": decoded.fps,
+            "duration": decoded.duration,
+        }
+        return fields, list(decoded.frames)
+
+    def decoded_from_arrays(self, fields: dict[str, object], arrays: list[np.ndarray]) -> ScannedVideo:
+        frames = [expect_array(frame, np.uint8, 3, "video frame") for frame in arrays]
+        if not frames or len(frames) > self.max_frames or any(frame.shape[2] != 3 for frame in frames):
+            raise ValueError(f"{len(frames)} video frames, expected 1 to {self.max_frames} BGR frames")
+        motion = np.asarray(fields["motion"], dtype=np.float64)
+        cuts, decoded = fields["cuts"], fields["decoded"]
+        fps, duration = fields["fps"], fields["duration"]
+        if motion.shape != (4,) or not (isinstance(cuts, int) and isinstance(decoded, int)):
+            raise ValueError("scanned video: motion must be 4 numbers, cuts and decoded whole numbers")
+        if not (isinstance(fps, int | float) and isinstance(duration, int | float) and 0 < fps <= MAX_FPS):
+            raise ValueError(f"scanned video: fps {fps!r}, duration {duration!r}")
+        return ScannedVideo(frames, motion, cuts, decoded, float(fps), float(duration))
 
     def extract_decoded(self, decoded: Sequence[ScannedVideo]) -> list[Extraction]:
         return [self._vector(self._features(scanned), self._meta(scanned)) for scanned in decoded]
@@ -195,13 +231,28 @@ class VideoExtractor(Extractor[ScannedVideo]):
         }
 
 
+@dataclass(frozen=True)
+class DecodeBounds:
+    """How much of a clip is decoded at most: seconds, frames, and pixels per second of clip."""
+
+    max_seconds: float = MAX_SECONDS
+    max_decoded_frames: int = MAX_DECODED_FRAMES
+    max_pixels_per_second: int = MAX_PIXELS_PER_SECOND
+
+
 def read_video(
-    data: bytes, sample_fps: float, max_frames: int, max_pixels: int = MAX_FRAME_PIXELS
+    data: bytes,
+    sample_fps: float,
+    max_frames: int,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    bounds: DecodeBounds = DecodeBounds(),
 ) -> ScannedVideo | Extraction:
     """Decode the clip's bytes once: sampled frames plus motion and cut statistics, or a failure.
 
     A stream whose frame size (from the container, before any frame is decoded) is over `max_pixels`
-    is refused as TOO_LARGE: FFmpeg has no pixel limit of its own."""
+    is refused as TOO_LARGE: FFmpeg has no pixel limit of its own; one whose frame size x frame rate is
+    over `bounds.max_pixels_per_second` as TOO_DEMANDING. At most `bounds.max_seconds` of the clip, and
+    never more than `bounds.max_decoded_frames` frames, are decoded."""
     with tempfile.NamedTemporaryFile(prefix="modalrank-video-", suffix=_container_suffix(data)) as handle:
         handle.write(data)
         handle.flush()
@@ -214,7 +265,9 @@ def read_video(
                 return Extraction.failed(TOO_LARGE)
             fps = capture.get(cv2.CAP_PROP_FPS)
             fps = fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else FALLBACK_FPS
-            max_decoded = max(1, math.ceil(MAX_SECONDS * fps))
+            if width * height * fps > bounds.max_pixels_per_second:
+                return Extraction.failed(TOO_DEMANDING)
+            max_decoded = max(1, min(math.ceil(bounds.max_seconds * fps), bounds.max_decoded_frames))
             reported = capture.get(cv2.CAP_PROP_FRAME_COUNT)
             # A count OpenCV could not read comes back as -1, 0 or INT64_MIN (a still image, a raw stream).
             if math.isfinite(reported) and reported >= 1:

@@ -22,6 +22,10 @@ from jobs.arguments import ARTIFACTS, LAKE, boolean, optional_artifacts, optiona
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What a decode child needs on top of a media file's own bytes to decode it: decoder state, a frame or a
+# minute of samples, the reply's arrays (a 16-frame video sample at 960 px is ~44 MiB).
+DECODE_HEADROOM_MB = 256
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -69,6 +73,16 @@ class PipelineConfig:
     # are under 1 GiB), measured before Spark reads it.
     max_record_chars: int = 1_000_000
     max_decompressed_bytes: int = 8 * 1024**3
+    # How much of one clip a decode child decodes at most, whatever its header claims: seconds and frames of
+    # video (600 s at 60 fps), pixels per second of video (frame size x frame rate: 4K at 60 fps; a stream
+    # over it fails "video decode rate too high"), seconds of audio and its sample rate (a rate over it
+    # fails "audio sample rate too high"). The analysed part of longer clips ends there, so changing a
+    # bound changes the vectors of the clips past it: re-extract them (`--force`) after changing one.
+    max_video_seconds: int = 600
+    max_video_frames: int = 36_000
+    max_video_pixels_per_second: int = 500_000_000
+    max_audio_seconds: int = 60
+    max_audio_sample_rate: int = 192_000
     # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
     extract_chunk_items: int = 1000
     # Alerts (jobs.alerts): an http(s) URL that gets each alert as a JSON POST (empty: the alert is written to
@@ -84,11 +98,26 @@ class PipelineConfig:
             "max_image_pixels",
             "max_record_chars",
             "max_decompressed_bytes",
+            "max_video_seconds",
+            "max_video_frames",
+            "max_video_pixels_per_second",
+            "max_audio_seconds",
+            "max_audio_sample_rate",
             "extract_chunk_items",
             "night_deadline_minutes",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        # A decode child holds the file's bytes and decodes them within `decode_memory_mb`: a limit that
+        # cannot hold one file of the size cap plus room to decode it would fail every large item, each with
+        # a permanent reason, so the two are checked together here rather than discovered item by item.
+        needed_mb = -(-int(self.max_media_bytes) // 2**20) + DECODE_HEADROOM_MB
+        if int(self.decode_memory_mb) < needed_mb:
+            raise ValueError(
+                f"decode_memory_mb={self.decode_memory_mb} cannot hold one media file of max_media_bytes="
+                f"{self.max_media_bytes} plus {DECODE_HEADROOM_MB} MiB to decode it: set MODALRANK_DECODE_MEMORY_MB "
+                f"to at least {needed_mb}, or lower MODALRANK_MAX_MEDIA_BYTES"
+            )
         if self.alert_target and urllib.parse.urlsplit(self.alert_target).scheme not in ("http", "https"):
             raise ValueError(f"alert_target must be an http(s) URL, got {self.alert_target!r}")
         if int(self.lease_timeout_seconds) < 0:
@@ -234,6 +263,11 @@ _ENV_FIELDS = {
     "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
     "MODALRANK_MAX_RECORD_CHARS": "max_record_chars",
     "MODALRANK_MAX_DECOMPRESSED_BYTES": "max_decompressed_bytes",
+    "MODALRANK_MAX_VIDEO_SECONDS": "max_video_seconds",
+    "MODALRANK_MAX_VIDEO_FRAMES": "max_video_frames",
+    "MODALRANK_MAX_VIDEO_PIXELS_PER_SECOND": "max_video_pixels_per_second",
+    "MODALRANK_MAX_AUDIO_SECONDS": "max_audio_seconds",
+    "MODALRANK_MAX_AUDIO_SAMPLE_RATE": "max_audio_sample_rate",
     "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
     "MODALRANK_ALERT_TARGET": "alert_target",
     "MODALRANK_NIGHT_DEADLINE_MINUTES": "night_deadline_minutes",

@@ -110,7 +110,15 @@ def read_media_file(path: str, max_bytes: int) -> bytes | str:
         return problem
     try:
         with os.fdopen(descriptor, "rb") as handle:
-            data = handle.read(max_bytes + 1)
+            # What the file holds, not the cap: `read(max_bytes + 1)` would reserve a buffer of the whole
+            # cap for every file, which a decode child's memory limit near the cap refuses for all of them.
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(min(size, max_bytes) + 1)
+            while len(data) <= max_bytes:  # the file grew since its stat: read on, never past the cap
+                more = handle.read(min(_CHUNK, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     except OSError as error:
         return _reason_for(error)
     return FILE_TOO_LARGE if len(data) > max_bytes else data

@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -17,11 +19,12 @@ import pytest
 import soundfile
 
 from features.audio import AudioExtractor
-from features.image import decode_image, image_format
+from features.image import ImageExtractor, decode_image, image_format
 from features.video import VideoExtractor
 from jobs import media_files
 from jobs.catalog_media import resolve_media_path
-from jobs.decode_sandbox import DECODE_FAULTS, DecodeLimits, DecodeSandbox
+from jobs.config import load_config
+from jobs.decode_sandbox import CHILD_INHERITS, DECODE_FAULTS, DecodeLimits, DecodeSandbox
 
 LIMITS = DecodeLimits(max_bytes=200_000, timeout_s=20, memory_mb=1024, max_image_pixels=10_000)
 
@@ -223,3 +226,118 @@ def test_a_child_killed_from_outside_is_reported_and_replaced(tmp_path):
         sandbox.process.wait()
         assert sandbox.decode(str(tmp_path / "1.jpg"))[1] == "decoder crashed (signal 9)"
         assert sandbox.decode(str(tmp_path / "1.jpg"))[1] is None
+
+
+def test_the_decode_child_inherits_only_what_it_needs(tmp_path, monkeypatch):
+    (tmp_path / "1.jpg").write_bytes(jpeg())
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-decoders")
+    monkeypatch.setenv("AIRFLOW_CONN_MODALRANK_SPARK", '{"conn_type": "spark", "password": "x"}')
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    with DecodeSandbox("image", LIMITS) as sandbox:
+        assert sandbox.decode(str(tmp_path / "1.jpg"))[1] is None
+        raw = Path(f"/proc/{sandbox.process.pid}/environ").read_bytes()
+        temp_folder = sandbox.temp_folder
+    child = dict(entry.split("=", 1) for entry in raw.decode().split("\0") if entry)
+    assert not [name for name in child if name.startswith(("AWS_", "AIRFLOW"))]
+    assert set(child) <= set(CHILD_INHERITS) | {
+        "LC_ALL",
+        "TMPDIR",
+        "OPENCV_IO_MAX_IMAGE_PIXELS",
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+    }
+    assert (child["TMPDIR"], child["OPENCV_IO_MAX_IMAGE_PIXELS"], child["LC_ALL"]) == (
+        temp_folder,
+        "10000",
+        "C.UTF-8",
+    )
+    assert not Path(temp_folder).exists()  # the child's temporary folder goes with it
+
+
+def test_a_hostile_reply_is_refused_and_never_unpickled(tmp_path, monkeypatch):
+    for name in ("pickled.jpg", "oversized.jpg", "after.jpg"):
+        (tmp_path / name).write_bytes(jpeg())
+    # The real child answers as a compromised decoder would: a pickle that creates a file when loaded,
+    # and a header announcing one byte more than the parent takes.
+    monkeypatch.setenv(DECODE_FAULTS, "pickled.jpg=PICKLE_REPLY,oversized.jpg=OVERSIZED_REPLY")
+    with DecodeSandbox("image", LIMITS) as sandbox:
+        outcomes = [sandbox.decode(str(tmp_path / name)) for name in ("pickled.jpg", "oversized.jpg", "after.jpg")]
+        assert sandbox.restarts == 2
+    assert [reason for _, reason in outcomes] == ["decoder reply refused", "decoder reply refused", None]
+    assert not (tmp_path / "pickled.jpg.unpickled").exists()
+    image, descriptors, meta = outcomes[2][0]
+    expected_image, expected_descriptors, expected_meta = ImageExtractor(device="cpu").decode(jpeg())
+    assert np.array_equal(image, expected_image) and image.flags.writeable
+    assert np.array_equal(descriptors, expected_descriptors) and meta == expected_meta
+
+
+def test_a_memory_limit_below_the_size_cap_still_decodes_small_files(tmp_path):
+    # Reading reserves what the file holds, not the cap: a 2 GiB cap under a 64 MiB limit decodes a poster.
+    (tmp_path / "1.jpg").write_bytes(jpeg())
+    limits = DecodeLimits(max_bytes=2 * 1024**3, timeout_s=20, memory_mb=64, max_image_pixels=10_000)
+    with DecodeSandbox("image", limits) as sandbox:
+        value, reason = sandbox.decode(str(tmp_path / "1.jpg"))
+    assert reason is None and value[0].shape == (224, 224, 3)
+
+
+def test_a_memory_limit_that_cannot_hold_the_size_cap_is_refused_with_one_message():
+    with pytest.raises(ValueError) as refused:
+        load_config(max_media_bytes=2 * 1024**3, decode_memory_mb=2048)
+    assert str(refused.value) == (
+        "decode_memory_mb=2048 cannot hold one media file of max_media_bytes=2147483648 plus 256 MiB to decode "
+        "it: set MODALRANK_DECODE_MEMORY_MB to at least 2304, or lower MODALRANK_MAX_MEDIA_BYTES"
+    )
+    assert load_config(max_media_bytes=2 * 1024**3, decode_memory_mb=2304).decode_memory_mb == 2304
+    assert load_config(max_media_bytes=10**6, decode_memory_mb=257).decode_memory_mb == 257
+
+
+def test_a_clip_killed_mid_decode_leaves_no_temporary_copy(tmp_path):
+    """The video decoder copies the clip to a temporary file for FFmpeg; a child killed while decoding
+    (here: frozen by the test as soon as that copy appears, so its decode outlives the limit) must not
+    leave the copy behind."""
+    ten_frame_mp4(tmp_path / "short.mp4")
+    writer = cv2.VideoWriter(str(tmp_path / "long.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))
+    for frame in range(500):
+        writer.write(np.full((48, 64, 3), (frame % 250, 100, 200), np.uint8))
+    writer.release()
+    limits = DecodeLimits(**{**LIMITS.__dict__, "timeout_s": 3})
+    seen: list[str] = []
+    with DecodeSandbox("video", limits) as sandbox:
+        assert sandbox.decode(str(tmp_path / "short.mp4"))[1] is None
+        folder, pid = sandbox.temp_folder, sandbox.process.pid
+
+        def freeze_when_the_copy_appears() -> None:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not seen:
+                seen.extend(name for name in os.listdir(folder) if name.startswith("modalrank-video-"))
+                if seen:
+                    os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.0002)
+
+        watcher = threading.Thread(target=freeze_when_the_copy_appears)
+        watcher.start()
+        _, reason = sandbox.decode(str(tmp_path / "long.mp4"))
+        watcher.join()
+        assert seen and reason == "decode timed out"
+        assert not Path(folder).exists()  # the frozen child was killed and its folder removed with it
+        value, again = sandbox.decode(str(tmp_path / "short.mp4"))
+        assert again is None and value.decoded == 10 and sandbox.temp_folder != folder
+
+
+def test_decoding_work_per_clip_is_bounded_whatever_the_header_says(tmp_path):
+    wav = tmp_path / "1.wav"
+    wav.write_bytes(one_second_wav())  # 22,050 Hz, 1 s
+    ten_frame_mp4(tmp_path / "2.mp4")  # 64 x 48 at 10 fps: 30,720 pixels per second of clip
+    bounded = dict(LIMITS.__dict__, max_video_frames=4, max_audio_seconds=0.5)
+    with DecodeSandbox("video", DecodeLimits(**bounded)) as sandbox:
+        scanned, reason = sandbox.decode(str(tmp_path / "2.mp4"))
+    assert reason is None and scanned.decoded == 4  # frames past the bound are never decoded
+    assert scanned.duration == pytest.approx(1.0)  # the container's own length still counts
+    with DecodeSandbox("video", DecodeLimits(**{**bounded, "max_video_pixels_per_second": 30_719})) as sandbox:
+        assert sandbox.decode(str(tmp_path / "2.mp4")) == (None, "video decode rate too high")
+    with DecodeSandbox("audio", DecodeLimits(**bounded)) as sandbox:
+        clip, reason = sandbox.decode(str(wav))
+    assert reason is None and clip.samples.shape == (11_025,) and clip.duration == pytest.approx(1.0)
+    with DecodeSandbox("audio", DecodeLimits(**{**bounded, "max_audio_sample_rate": 16_000})) as sandbox:
+        assert sandbox.decode(str(wav)) == (None, "audio sample rate too high")
