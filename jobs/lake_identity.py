@@ -126,7 +126,7 @@ def write_lake_side(config: PipelineConfig, record: dict, exclusive: bool) -> bo
 
 def _remote(config: PipelineConfig):
     # Through pyarrow's filesystems, with the credentials delta-rs uses (the standard AWS variables).
-    from pyarrow import fs
+    from pyarrow import fs  # type: ignore[import-untyped]  # pyarrow ships no type information
 
     uri = delta_rs_uri(config.lake).rstrip("/") + "/" + IDENTITY_FILE
     try:
