@@ -219,14 +219,17 @@ class DecodeSandbox:
 
     # -- one item ----------------------------------------------------------------------------------
 
-    def decode(self, path: str) -> tuple[object | None, str | None]:
+    def decode(self, path: str, expected_sha256: str = "") -> tuple[object | None, str | None]:
+        """The decoded arrays of the file at `path`, or (None, why not). With `expected_sha256` (ingest's
+        content hash), the child checks the bytes it read against it (`media_files.read_media_file`)."""
         if media_files.has_nul(path):  # cannot even travel as an argument; no need to bother the child
             return None, media_files.NUL_IN_PATH
         if self.process is None:
             self._start()
         started = time.monotonic()
         try:
-            self._requests.send_bytes(os.fsencode(path))
+            # A request: the expected hash (hex, or nothing), a NUL, the path's bytes (a path holds no NUL).
+            self._requests.send_bytes(expected_sha256.encode("ascii") + b"\0" + os.fsencode(path))
             answered = self._replies.poll(self.limits.timeout_s)
         except OSError:  # the child is gone (broken pipe)
             answered = True
@@ -403,9 +406,11 @@ def _failed(reason: str) -> tuple[dict, list[np.ndarray]]:
     return {"status": "failed", "reason": reason}, []
 
 
-def _decode_one(extractor, path: str, limits: DecodeLimits) -> tuple[dict, list[np.ndarray]]:
+def _decode_one(
+    extractor, path: str, limits: DecodeLimits, expected_sha256: str = ""
+) -> tuple[dict, list[np.ndarray]]:
     """The reply for one path: (header, arrays)."""
-    data = media_files.read_media_file(path, limits.max_bytes)
+    data = media_files.read_media_file(path, limits.max_bytes, expected_sha256)
     if isinstance(data, str):
         return _failed(data)
     try:
@@ -455,7 +460,8 @@ def serve(modality: str, limits: DecodeLimits, requests: Connection, replies: Co
     )
     while True:
         try:
-            path = os.fsdecode(requests.recv_bytes())
+            expected, _, raw_path = requests.recv_bytes().partition(b"\0")
+            path, expected_sha256 = os.fsdecode(raw_path), expected.decode("ascii", "replace")
         except EOFError:  # the worker is gone or done
             return
         fault = faults.get(os.path.basename(path))
@@ -467,7 +473,7 @@ def serve(modality: str, limits: DecodeLimits, requests: Connection, replies: Co
             log.warning("decode fault injection: pid %d sends itself %s on %s", os.getpid(), fault, path)
             os.kill(os.getpid(), signal.Signals[fault])
         try:
-            header, arrays = _decode_one(extractor, path, limits)
+            header, arrays = _decode_one(extractor, path, limits, expected_sha256)
             _send_reply(replies, header, arrays)
         except MemoryError:  # the decoded arrays did not fit through the pipe
             _send_reply(replies, *_failed(DECODER_OUT_OF_MEMORY))

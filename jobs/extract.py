@@ -63,6 +63,10 @@ TRANSIENT_REASONS = (
     media_files.FILE_NOT_FOUND,
     media_files.PERMISSION_DENIED,
     media_files.UNREADABLE,
+    # A file swapped after ingest: the next ingest records its new content, which is extracted then;
+    # until that, this content version is retried (the file may be put back).
+    media_files.PATH_CHANGED,
+    media_files.CONTENT_CHANGED,
     decode_sandbox.DECODE_TIMED_OUT,
     decode_sandbox.decoder_crashed(-9),
 )

@@ -80,12 +80,13 @@ def _close_sandboxes() -> None:
         sandbox.close()
 
 
-def _decode_in(sandbox: DecodeSandbox):
-    """The sandbox's decode as an extractor's `decode`: decoded arrays, or a failed `Extraction`."""
+def _decode_in(sandbox: DecodeSandbox, content_hashes: dict[str, str]):
+    """The sandbox's decode as an extractor's `decode`: decoded arrays, or a failed `Extraction`. Each
+    file's bytes are checked against the content hash ingest recorded for its path."""
     from features.base import Extraction
 
     def decode(path: str) -> object:
-        decoded, reason = sandbox.decode(path)
+        decoded, reason = sandbox.decode(path, content_hashes.get(path) or "")
         return Extraction.failed(reason) if reason is not None else decoded
 
     return decode
@@ -104,7 +105,8 @@ def extract_partition(modality: str, threads: int, limits: DecodeLimits):
             if sandbox is None:
                 results = extractor.extract_batch(extractor_inputs(modality, batch))
             else:
-                results = extractor.decode_then_extract(list(batch["path"]), decode=_decode_in(sandbox))
+                hashes = dict(zip(batch["path"], batch["content_hash"], strict=True))
+                results = extractor.decode_then_extract(list(batch["path"]), decode=_decode_in(sandbox, hashes))
             rows = []
             for item_id, result in zip(batch["item_id"], results, strict=True):
                 if result.ok:

@@ -34,6 +34,10 @@ FILE_TOO_LARGE = "file too large"
 NUL_IN_PATH = "media path contains a NUL byte"
 ESCAPES_ROOT = "media path escapes media root"
 LINK_ESCAPES_FOLDER = "symlink escapes media folder"
+# At extraction, the file is not what ingest checked and hashed: a link now stands somewhere on its path,
+# or its bytes differ from the content hash ingest recorded (the next ingest records the new content).
+PATH_CHANGED = "media path changed since ingest (a symlink on it)"
+CONTENT_CHANGED = "content changed since ingest"
 
 _CHUNK = 1 << 20
 
@@ -70,15 +74,20 @@ def check_regular_file(path: str, max_bytes: int | None = None) -> str | None:
     return None
 
 
-def _open_regular(path: str, max_bytes: int | None) -> tuple[int, None] | tuple[None, str]:
+def _open_regular(
+    path: str, max_bytes: int | None, follow_last_link: bool = True
+) -> tuple[int, None] | tuple[None, str]:
     """(descriptor of a regular file within the cap, None) or (None, reason)."""
     problem = check_regular_file(path, max_bytes)
     if problem:
         return None, problem
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_last_link else os.O_NOFOLLOW)
     try:
         # Non-blocking: if the path was swapped for a FIFO since the stat, open still returns at once.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        descriptor = os.open(path, flags)
     except OSError as error:
+        if error.errno == errno.ELOOP and not follow_last_link:  # O_NOFOLLOW met a link
+            return None, PATH_CHANGED
         return None, _reason_for(error)
     try:
         info = os.fstat(descriptor)
@@ -102,10 +111,25 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def read_media_file(path: str, max_bytes: int) -> bytes | str:
+def read_media_file(path: str, max_bytes: int, expected_sha256: str = "") -> bytes | str:
     """The file's bytes, or the fixed phrase that says why not; never more than `max_bytes` are read
-    (a file that grows past the cap while being read is "file too large")."""
-    descriptor, problem = _open_regular(path, max_bytes)
+    (a file that grows past the cap while being read is "file too large").
+
+    `path` is what ingest recorded: a real path (symlinks resolved) that it checked lay inside its media
+    folder or root. So the containment check is done again here without knowing the root: the path must
+    still be its own real path (no component swapped for a link since), and its last component is opened
+    with O_NOFOLLOW, so a link put there between the check and the open is refused too. With
+    `expected_sha256` (ingest's content hash), bytes that hash otherwise are `CONTENT_CHANGED`: a file
+    swapped after ingest is never extracted under the old hash.
+    """
+    if has_nul(path):
+        return NUL_IN_PATH
+    try:
+        if os.path.realpath(path) != os.path.abspath(path):
+            return PATH_CHANGED
+    except (OSError, ValueError):
+        return UNREADABLE
+    descriptor, problem = _open_regular(path, max_bytes, follow_last_link=False)
     if problem:
         return problem
     try:
@@ -121,7 +145,11 @@ def read_media_file(path: str, max_bytes: int) -> bytes | str:
                 data += more
     except OSError as error:
         return _reason_for(error)
-    return FILE_TOO_LARGE if len(data) > max_bytes else data
+    if len(data) > max_bytes:
+        return FILE_TOO_LARGE
+    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+        return CONTENT_CHANGED
+    return data
 
 
 def sha256_of_media_file(path: str | None) -> tuple[str | None, str | None]:

@@ -272,6 +272,33 @@ def test_a_hostile_reply_is_refused_and_never_unpickled(tmp_path, monkeypatch):
     assert np.array_equal(descriptors, expected_descriptors) and meta == expected_meta
 
 
+def test_a_file_swapped_after_ingest_is_never_decoded_under_its_old_hash(tmp_path):
+    """Extraction reads what ingest hashed or nothing: the bytes are checked against ingest's content hash,
+    and a path that has become a symlink (on its last component or above it) is refused at read time."""
+    poster = tmp_path / "posters" / "1.jpg"
+    poster.parent.mkdir()
+    poster.write_bytes(jpeg())
+    ingested_hash, _ = media_files.sha256_of_media_file(str(poster))
+    (tmp_path / "other.jpg").write_bytes(jpeg(32, 32))
+    with DecodeSandbox("image", LIMITS) as sandbox:
+        value, reason = sandbox.decode(str(poster), ingested_hash)
+        assert reason is None and value[0].shape == (224, 224, 3)
+        poster.write_bytes(jpeg(32, 32))  # another picture under the same name, after ingest
+        assert sandbox.decode(str(poster), ingested_hash) == (None, "content changed since ingest")
+        new_hash, _ = media_files.sha256_of_media_file(str(poster))
+        assert sandbox.decode(str(poster), new_hash)[1] is None  # the next ingest's hash: extracted
+        poster.unlink()
+        poster.symlink_to(tmp_path / "other.jpg")  # a link where the file was
+        assert sandbox.decode(str(poster), new_hash) == (None, "media path changed since ingest (a symlink on it)")
+        poster.unlink()
+        shutil.move(tmp_path / "posters", tmp_path / "moved")
+        (tmp_path / "posters").symlink_to(tmp_path / "moved")  # a link above it: the folder itself
+        (tmp_path / "moved" / "1.jpg").write_bytes(jpeg())
+        assert sandbox.decode(str(poster), ingested_hash)[1] == "media path changed since ingest (a symlink on it)"
+    # The reader itself, as the child calls it: O_NOFOLLOW on the last component.
+    assert media_files.read_media_file(str(tmp_path / "moved" / "1.jpg"), 10**6, ingested_hash) == jpeg()
+
+
 def test_a_memory_limit_below_the_size_cap_still_decodes_small_files(tmp_path):
     # Reading reserves what the file holds, not the cap: a 2 GiB cap under a 64 MiB limit decodes a poster.
     (tmp_path / "1.jpg").write_bytes(jpeg())
