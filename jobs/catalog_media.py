@@ -31,12 +31,14 @@ _RESOLVED = StructType([StructField("path", StringType()), StructField("reason",
 _PATH_REASONS = (media_files.ESCAPES_ROOT, media_files.NUL_IN_PATH)
 
 
-def resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[DataFrame, list[DataFrame]]:
+def resolve_catalog_media(
+    items: DataFrame, media_root: str | None, max_bytes: int | None = None
+) -> tuple[DataFrame, list[DataFrame]]:
     """Media paths a catalog gives: resolved inside the media root and hashed; problems quarantined.
 
     A path that leaves the root or holds a NUL byte quarantines the item; a file that is missing, not a
-    regular file (a FIFO, a folder) or unreadable costs the item that modality, with a quarantine row
-    `<kind> <reason>` (e.g. "poster file not found", "video not a regular file").
+    regular file (a FIFO, a folder), unreadable or over `max_bytes` costs the item that modality, with a
+    quarantine row `<kind> <reason>` (e.g. "poster file not found", "video file too large").
     """
     for kind in MEDIA_KINDS:
         items = items.withColumn(f"{kind}_hash", F.lit(None).cast("string"))
@@ -56,7 +58,7 @@ def resolve_catalog_media(items: DataFrame, media_root: str | None) -> tuple[Dat
     file_rejects = []
     for kind in MEDIA_KINDS:
         items = items.withColumn("m_path", F.col(f"{kind}_resolved.path"))
-        items = items.withColumn("m_hashed", sources.file_hashes("m_path"))
+        items = items.withColumn("m_hashed", sources.file_hashes("m_path", max_bytes))
         unusable = F.col("m_path").isNotNull() & F.col("m_hashed.hash").isNull()
         file_rejects.append(
             items.where(F.col("reason").isNull() & unusable).select(

@@ -73,6 +73,10 @@ class PipelineConfig:
     # are under 1 GiB), measured before Spark reads it.
     max_record_chars: int = 1_000_000
     max_decompressed_bytes: int = 8 * 1024**3
+    # A decode that times out is retried on the next runs (a busy machine, a stalled mount), but only this
+    # many times in all for the same content and extractor version; then it fails for good, so one clip
+    # that never decodes in time does not cost `decode_timeout_s` and hold up its chunk every night.
+    max_decode_attempts: int = 3
     # How much of one clip a decode child decodes at most, whatever its header claims: seconds and frames of
     # video (600 s at 60 fps), pixels per second of video (frame size x frame rate: 4K at 60 fps; a stream
     # over it fails "video decode rate too high"), seconds of audio and its sample rate (a rate over it
@@ -83,8 +87,11 @@ class PipelineConfig:
     max_video_pixels_per_second: int = 500_000_000
     max_audio_seconds: int = 60
     max_audio_sample_rate: int = 192_000
-    # Extraction commits its results every this many items, so a killed run keeps the chunks it finished.
+    # Extraction commits its results every this many items, and sooner when items are slow: a chunk is
+    # sized from the rate measured so far to take about `extract_commit_seconds`, so a killed run keeps the
+    # chunks it finished and a slow stretch of clips never holds an hour of work uncommitted.
     extract_chunk_items: int = 1000
+    extract_commit_seconds: int = 300
     # Alerts (jobs.alerts): an http(s) URL that gets each alert as a JSON POST (empty: the alert is written to
     # the date's report folder and logged), and how long after it was queued a night counts as late.
     alert_target: str = ""
@@ -98,12 +105,14 @@ class PipelineConfig:
             "max_image_pixels",
             "max_record_chars",
             "max_decompressed_bytes",
+            "max_decode_attempts",
             "max_video_seconds",
             "max_video_frames",
             "max_video_pixels_per_second",
             "max_audio_seconds",
             "max_audio_sample_rate",
             "extract_chunk_items",
+            "extract_commit_seconds",
             "night_deadline_minutes",
         ):
             if int(getattr(self, name)) < 1:
@@ -263,12 +272,14 @@ _ENV_FIELDS = {
     "MODALRANK_MAX_IMAGE_PIXELS": "max_image_pixels",
     "MODALRANK_MAX_RECORD_CHARS": "max_record_chars",
     "MODALRANK_MAX_DECOMPRESSED_BYTES": "max_decompressed_bytes",
+    "MODALRANK_MAX_DECODE_ATTEMPTS": "max_decode_attempts",
     "MODALRANK_MAX_VIDEO_SECONDS": "max_video_seconds",
     "MODALRANK_MAX_VIDEO_FRAMES": "max_video_frames",
     "MODALRANK_MAX_VIDEO_PIXELS_PER_SECOND": "max_video_pixels_per_second",
     "MODALRANK_MAX_AUDIO_SECONDS": "max_audio_seconds",
     "MODALRANK_MAX_AUDIO_SAMPLE_RATE": "max_audio_sample_rate",
     "MODALRANK_EXTRACT_CHUNK_ITEMS": "extract_chunk_items",
+    "MODALRANK_EXTRACT_COMMIT_SECONDS": "extract_commit_seconds",
     "MODALRANK_ALERT_TARGET": "alert_target",
     "MODALRANK_NIGHT_DEADLINE_MINUTES": "night_deadline_minutes",
 }

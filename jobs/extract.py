@@ -16,12 +16,16 @@ Media files are read and decoded in a sandboxed child process per worker (`jobs.
 cap, wall-clock and memory limits), so a file that hangs, crashes or exhausts its decoder costs one
 `failed` row and the rest of the batch goes on; the models stay in the worker.
 
-Progress survives a kill: the work is split into chunks of `extract_chunk_items` items, each extracted
-and MERGEd on its own, so a task killed at its timeout keeps every finished chunk and the retry starts
+Progress survives a kill: the work is split into chunks of at most `extract_chunk_items` items, and of
+no more than the rate measured so far extracts in `extract_commit_seconds` (`next_chunk_size`), each
+extracted and MERGEd on its own, so a task killed at its timeout keeps every finished chunk and the retry starts
 where it stopped (what is already `ok` for the current content and extractor is not stale). Failures
 whose reason is transient (`TRANSIENT_REASONS`: unreadable or vanished file, decode timed out, decoder
 killed from outside) are retried on the next run; permanent ones (not an image, too large, the decoder
-crashes on these bytes) wait for new content or a new extractor version.
+crashes on these bytes) wait for new content or a new extractor version. A timeout is transient only
+`max_decode_attempts` times for the same content and extractor version: the row's reason counts the
+attempts ("decode timed out", "decode timed out (attempt 2)", ..., "decode timed out, given up at
+attempt 3"), so a clip that never decodes in time stops costing every night its timeout.
 
 Run by the DAG through spark-submit, by `modalrank extract`, or by hand:
     spark-submit jobs/extract.py --modality image --ds 2026-11-25
@@ -36,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import decode_sandbox, lake, lease, media_files
@@ -71,8 +75,35 @@ TRANSIENT_REASONS = (
     decode_sandbox.decoder_crashed(-9),
 )
 
-# The columns mapInPandas hands to workers and gets back.
-_WORK_COLUMNS = ["item_id", "content_hash", "path", "title", "overview", "genres", "tags"]
+# A timeout's reason after its first attempt, while it is still retried; and once it is not.
+_TIMED_OUT_AGAIN = r"^decode timed out \(attempt (\d+)\)$"
+_TIMED_OUT_FOR_GOOD = "decode timed out, given up at attempt "
+
+
+def timeout_attempts(error: Column) -> Column:
+    """How many times in a row an item's decode timed out, read from its row's reason (0 for any other)."""
+    return (
+        F.when(error == decode_sandbox.DECODE_TIMED_OUT, F.lit(1))
+        .when(error.rlike(_TIMED_OUT_AGAIN), F.regexp_extract(error, _TIMED_OUT_AGAIN, 1).cast("int"))
+        .when(error.startswith(_TIMED_OUT_FOR_GOOD), F.regexp_extract(error, r"(\d+)$", 1).cast("int"))
+        .otherwise(F.lit(0))
+    )
+
+
+def counting_timeouts(error: Column, earlier_timeouts: Column, max_attempts: int) -> Column:
+    """`error`, with a timeout's reason saying which attempt it was and, at `max_attempts`, that it is final."""
+    attempt = earlier_timeouts + 1
+    return (
+        F.when(error != decode_sandbox.DECODE_TIMED_OUT, error)
+        .when(attempt >= max_attempts, F.concat(F.lit(_TIMED_OUT_FOR_GOOD), attempt.cast("string")))
+        .when(attempt == 1, error)
+        .otherwise(F.concat(F.lit("decode timed out (attempt "), attempt.cast("string"), F.lit(")")))
+    )
+
+
+# The columns mapInPandas hands to workers and gets back (`timeouts`: earlier timed-out attempts of the
+# same content and extractor version).
+_WORK_COLUMNS = ["item_id", "content_hash", "path", "title", "overview", "genres", "tags", "timeouts"]
 _RESULT_SCHEMA = "item_id long, vector array<float>, dim int, status string, error string, inferences int"
 
 
@@ -121,7 +152,7 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
         "tags",
     )
     if force:
-        return work
+        return work.withColumn("timeouts", F.lit(0))
     current = existing.select(
         F.col("item_id").alias("done_id"),
         F.col("content_hash").alias("done_hash"),
@@ -137,13 +168,11 @@ def stale_items(catalog: DataFrame, existing: DataFrame, modality: str, name: st
         (work["item_id"] == current["done_id"]) & work["content_hash"].eqNullSafe(current["done_hash"]),
         "left",
     )
-    stale = (
-        F.col("done_extractor").isNull()
-        | (F.col("done_extractor") != name)
-        | (F.col("done_version") != version)
-        | ((F.col("done_status") == "failed") & F.col("done_error").isin(*TRANSIENT_REASONS))
-    )
-    return joined.where(stale).select(*_WORK_COLUMNS)
+    same_extractor = (F.col("done_extractor") == name) & (F.col("done_version") == version)
+    transient = F.col("done_error").isin(*TRANSIENT_REASONS) | F.col("done_error").rlike(_TIMED_OUT_AGAIN)
+    stale = F.col("done_extractor").isNull() | ~same_extractor | ((F.col("done_status") == "failed") & transient)
+    earlier = F.when(same_extractor, timeout_attempts(F.col("done_error"))).otherwise(F.lit(0))
+    return joined.where(stale).withColumn("timeouts", F.coalesce(earlier, F.lit(0))).select(*_WORK_COLUMNS)
 
 
 # The lease of this date's feature table: a second run of it waits, then fails naming the holder; the
@@ -200,10 +229,20 @@ def run_extract(
     if n_extract:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(spec.batch_size))
         worker = extract_partition(modality, threads_per_task(spark), _decode_limits(config, spark))
-        chunks = _chunks(work.where(has_input), config.extract_chunk_items)
-        done = 0
+        ids = [row["item_id"] for row in work.where(has_input).select("item_id").orderBy("item_id").collect()]
+        # The first chunk is one model batch per task slot: its rate sizes the next ones (`next_chunk_size`).
+        first_chunk_items = spec.batch_size * spark.sparkContext.defaultParallelism
+        done, number = 0, 0
         with stage_progress(spark, f"extract_{modality}", n_extract):
-            for number, (first, last, size) in enumerate(chunks, start=1):
+            while done < len(ids):
+                elapsed = time.monotonic() - extract_started
+                size = next_chunk_size(
+                    config.extract_chunk_items, config.extract_commit_seconds, first_chunk_items, done, elapsed
+                )
+                # Ranges of ids rather than random splits: each chunk is a plain filter on the checkpointed
+                # work, and a rerun after a kill sees the same order.
+                first, last = ids[done], ids[min(done + size, len(ids)) - 1]
+                size, number = min(size, len(ids) - done), number + 1
                 chunk = work.where(has_input & F.col("item_id").between(first, last))
                 partitions = min(max(spark.sparkContext.defaultParallelism, size // (spec.batch_size * 2)), 64)
                 # By item id, in item-id order: the same items make the same model batches whatever order
@@ -211,15 +250,17 @@ def run_extract(
                 ordered = chunk.repartition(partitions, "item_id").sortWithinPartitions("item_id")
                 extracted = ordered.mapInPandas(worker, _RESULT_SCHEMA)
                 # Checkpointed so the models run exactly once, whatever the MERGE and the counts read.
-                results = extracted.join(chunk.select("item_id", "content_hash"), "item_id")
+                results = extracted.join(chunk.select("item_id", "content_hash", "timeouts"), "item_id")
+                results = results.withColumn(
+                    "error", counting_timeouts(F.col("error"), F.col("timeouts"), config.max_decode_attempts)
+                )
                 _commit(features, table, extractor, ds, results.localCheckpoint(eager=True), report)
                 done += size
                 elapsed = time.monotonic() - extract_started
                 log.info(
-                    "extract %s: chunk %d/%d committed, %d/%d items (%.1f items/s)",
+                    "extract %s: chunk %d committed, %d/%d items (%.1f items/s)",
                     modality,
                     number,
-                    len(chunks),
                     done,
                     n_extract,
                     done / elapsed if elapsed else 0.0,
@@ -237,17 +278,16 @@ def _decode_limits(config: PipelineConfig, spark: SparkSession) -> DecodeLimits:
     return decode_sandbox.limits_from_config(config, threads=threads_per_task(spark))
 
 
-def _chunks(work: DataFrame, chunk_items: int) -> list[tuple[int, int, int]]:
-    """(first item id, last item id, items) of consecutive item-id ranges of at most `chunk_items` items.
-
-    Ranges of ids rather than random splits: each chunk is a plain filter on the checkpointed work, and a
-    rerun after a kill sees the same order.
-    """
-    ids = [row["item_id"] for row in work.select("item_id").orderBy("item_id").collect()]
-    return [
-        (ids[start], ids[min(start + chunk_items, len(ids)) - 1], min(chunk_items, len(ids) - start))
-        for start in range(0, len(ids), chunk_items)
-    ]
+def next_chunk_size(
+    chunk_items: int, commit_seconds: float, first_chunk_items: int, done: int, elapsed: float
+) -> int:
+    """How many items the next chunk holds: at most `chunk_items`, and no more than the rate measured so
+    far (`done` items in `elapsed` seconds) gets through in `commit_seconds`, so slow items are committed
+    by time as well as by count. Before any rate is known, `first_chunk_items` (one model batch per task
+    slot). Always at least one item."""
+    if done == 0 or elapsed <= 0:
+        return max(1, min(chunk_items, first_chunk_items))
+    return max(1, min(chunk_items, int(done / elapsed * commit_seconds)))
 
 
 def _commit(features, table: str, extractor, ds: dt.date, results: DataFrame, report: ExtractReport) -> None:

@@ -92,7 +92,10 @@ class IngestRequest:
 # The job
 
 
-def read_request(spark: SparkSession, request: IngestRequest, limits: sources.RecordLimits) -> RawSource:
+def read_request(
+    spark: SparkSession, request: IngestRequest, limits: sources.RecordLimits, max_media_bytes: int | None = None
+) -> RawSource:
+    """The request's sources; media files over `max_media_bytes` are refused by their size, never hashed."""
     if request.movielens:
         raw = sources.read_movielens(spark, request.movielens, limits)
     else:
@@ -106,7 +109,7 @@ def read_request(spark: SparkSession, request: IngestRequest, limits: sources.Re
         ("video", request.video, sources.VIDEO_EXTENSIONS),
     ):
         if folder:
-            extras.append(sources.read_media_folder(spark, kind, folder, extensions))
+            extras.append(sources.read_media_folder(spark, kind, folder, extensions, max_media_bytes))
     return RawSource(raw.name, raw.items, raw.interactions, extras, raw.rating_range, raw.media_root)
 
 
@@ -115,7 +118,7 @@ def read_request(spark: SparkSession, request: IngestRequest, limits: sources.Re
 def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestRequest) -> IngestReport:
     started = time.monotonic()
     ds = request.ds
-    raw = read_request(spark, request, sources.RecordLimits.of(config))
+    raw = read_request(spark, request, sources.RecordLimits.of(config), config.max_media_bytes)
     report = IngestReport(ds=ds.isoformat(), source=raw.name, quarantine_table=config.table_path("quarantine"))
     log.info("ingest ds=%s source=%s", ds, raw.name)
     catalog = lake.ensure_table(spark, config, CATALOG)
@@ -127,7 +130,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, request: IngestReque
 
     # Items: validate, attach media and extras, then split into ingested / deferred / quarantined.
     items = validate_items(raw.items)
-    items, media_rejects = resolve_catalog_media(items, raw.media_root)
+    items, media_rejects = resolve_catalog_media(items, raw.media_root, config.max_media_bytes)
     items = settled(items)
     item_rejects = quarantine_rows(items, item_id=F.col("item_id"))
     good_items, extra_rejects, checked_extras = apply_extras(

@@ -8,7 +8,8 @@ Used by ingest (resolving catalog paths, listing media folders, hashing) and by 
   being opened for reading (`open()` on a FIFO blocks until a writer comes), and a file that became
   something else between `stat` and `open` is caught by `fstat` on the descriptor, which is opened
   non-blocking.
-- The size cap is checked before reading, and no more than the cap is ever read.
+- The size cap is checked before reading, and no more than the cap is ever read, when decoding and
+  when hashing at ingest alike.
 - A symlink in a media folder counts only when it resolves inside that folder; the item it stands for
   is named by the link's own entry, never by its target.
 - No path or file problem raises: a NUL byte, a permission error, a symlink loop or any other `OSError`
@@ -152,17 +153,24 @@ def read_media_file(path: str, max_bytes: int, expected_sha256: str = "") -> byt
     return data
 
 
-def sha256_of_media_file(path: str | None) -> tuple[str | None, str | None]:
-    """(hex sha256 of a regular file's bytes, None), or (None, reason); streamed, no size limit."""
+def sha256_of_media_file(path: str | None, max_bytes: int | None = None) -> tuple[str | None, str | None]:
+    """(hex sha256 of a regular file's bytes, None), or (None, reason); streamed a chunk at a time.
+
+    Within the same cap as decoding: a file over `max_bytes` is "file too large" from its `stat`, before
+    a byte is read (a 30 GB sparse file is never read whole), and hashing stops as soon as a file that
+    grows passes the cap."""
     if path is None:
         return None, None
-    descriptor, problem = _open_regular(path, None)
+    descriptor, problem = _open_regular(path, max_bytes)
     if problem:
         return None, problem
-    digest = hashlib.sha256()
+    digest, read = hashlib.sha256(), 0
     try:
         with os.fdopen(descriptor, "rb") as handle:
             for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                read += len(chunk)
+                if max_bytes is not None and read > max_bytes:
+                    return None, FILE_TOO_LARGE
                 digest.update(chunk)
     except OSError as error:
         return None, _reason_for(error)
@@ -198,7 +206,7 @@ class FolderEntry:
     reason: str | None
 
 
-def media_folder_entry(folder: str, name: str) -> FolderEntry:
+def media_folder_entry(folder: str, name: str, max_bytes: int | None = None) -> FolderEntry:
     """What one directory entry of a media folder stands for.
 
     A symlink must resolve inside `folder` (a link to /etc/passwd or to another team's folder is
@@ -218,5 +226,5 @@ def media_folder_entry(folder: str, name: str) -> FolderEntry:
         return FolderEntry(name, None, _reason_for(error))
     if not _inside(real_folder, real):
         return FolderEntry(name, None, LINK_ESCAPES_FOLDER if is_link else ESCAPES_ROOT)
-    problem = check_regular_file(real)
+    problem = check_regular_file(real, max_bytes)
     return FolderEntry(name, None if problem else real, problem)

@@ -4,6 +4,7 @@ by content, and the decode sandbox's real child process surviving a decoder that
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -368,3 +369,19 @@ def test_decoding_work_per_clip_is_bounded_whatever_the_header_says(tmp_path):
     assert reason is None and clip.samples.shape == (11_025,) and clip.duration == pytest.approx(1.0)
     with DecodeSandbox("audio", DecodeLimits(**{**bounded, "max_audio_sample_rate": 16_000})) as sandbox:
         assert sandbox.decode(str(wav)) == (None, "audio sample rate too high")
+
+
+def test_ingest_hashes_within_the_size_cap_without_reading_a_larger_file(tmp_path):
+    sparse = tmp_path / "30g.mp4"
+    with open(sparse, "wb") as handle:
+        handle.truncate(30 * 1024**3)  # 30 GB of holes: reading it whole would take minutes
+    capped = tmp_path / "capped.mp4"
+    capped.write_bytes(b"\x01" * 3_000_000)  # three hashing chunks, exactly at the cap
+    # Refused from its stat: the test would spend minutes here if the 30 GB were read.
+    assert media_files.sha256_of_media_file(str(sparse), 2 * 1024**3) == (None, "file too large")
+    assert media_files.sha256_of_media_file(str(capped), 3_000_000) == (
+        hashlib.sha256(capped.read_bytes()).hexdigest(),
+        None,
+    )
+    assert media_files.sha256_of_media_file(str(capped), 2_999_999) == (None, "file too large")
+    assert media_files.media_folder_entry(str(tmp_path), "30g.mp4", 2 * 1024**3).reason == "file too large"

@@ -19,7 +19,9 @@ AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "m4a")
 VIDEO_EXTENSIONS = ("mp4", "m4v", "mkv", "webm", "mov", "avi")
 
 
-def read_media_folder(spark: SparkSession, kind: str, directory: Path, extensions: tuple[str, ...]) -> Extra:
+def read_media_folder(
+    spark: SparkSession, kind: str, directory: Path, extensions: tuple[str, ...], max_bytes: int | None = None
+) -> Extra:
     """Files named `<item_id>.<ext>` in one folder, with the sha256 of their bytes.
 
     Every entry of the folder is listed, so none is ignored in silence: one with a media extension is
@@ -28,12 +30,13 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
     subfolder) is a malformed row whose reason says why it was not used. The item id is the entry's own
     name, also for a symlink; a symlink must stay inside the folder, and only regular files are read (a
     FIFO, a folder or an unreadable entry is listed as malformed, with its reason:
-    `jobs.media_files.media_folder_entry`).
+    `jobs.media_files.media_folder_entry`), and so is a file over `max_bytes` (`<kind> file too large`, from
+    its `stat`, never read).
     """
     if not directory.is_dir():
         raise SourceError(f"{kind} folder not found: {directory}")
     entries = [
-        not_media_reason(name, extensions) or media_folder_entry(str(directory), name)
+        not_media_reason(name, extensions) or media_folder_entry(str(directory), name, max_bytes)
         for name in sorted(os.listdir(directory))
     ]
     listed = [
@@ -50,7 +53,7 @@ def read_media_folder(spark: SparkSession, kind: str, directory: Path, extension
     rows = files.select(
         stem.alias("item_id"),
         "path",
-        file_hashes("path")["hash"].alias("content_hash"),
+        file_hashes("path", max_bytes)["hash"].alias("content_hash"),
         F.col("entry").alias("source_file"),
         F.col("entry").alias("record"),
         "malformed",
@@ -79,16 +82,17 @@ def not_media_reason(name: str, extensions: tuple[str, ...]) -> FolderEntry | No
 _HASHED = StructType([StructField("hash", StringType()), StructField("reason", StringType())])
 
 
-def file_hashes(path_column: str) -> Column:
+def file_hashes(path_column: str, max_bytes: int | None = None) -> Column:
     """(hash, reason) of the file each row names, computed where the row is: the sha256 of a regular
-    file's bytes (streamed, no size limit), or why it could not be read (`jobs.media_files`: a FIFO or a
+    file's bytes (streamed, within `max_bytes`: a larger file is "file too large" from its `stat`), or
+    why it could not be read (`jobs.media_files`: a FIFO or a
     folder is never opened, no OSError escapes). Both null for a null path."""
 
     # Built per call: PySpark 4 wants an active session before a pandas UDF exists.
     @F.pandas_udf(_HASHED)
     def hash_files(paths: pd.Series) -> pd.DataFrame:
         return pd.DataFrame(
-            [sha256_of_media_file(path) for path in paths], columns=["hash", "reason"], dtype=object
+            [sha256_of_media_file(path, max_bytes) for path in paths], columns=["hash", "reason"], dtype=object
         )
 
     return hash_files(F.col(path_column))
