@@ -727,3 +727,51 @@ def test_deferred_rows_arrive_on_their_date_without_the_source_being_sent_again(
     assert (again.interactions_new, again.interactions_unchanged) == (0, 2)
     assert len(rows(spark, lake_config, INTERACTIONS)) == 4
     assert [str(r["due_ds"]) for r in rows(spark, lake_config, DEFERRED)] == ["2026-11-23"]
+
+
+def test_every_file_of_an_input_folder_is_read_or_reported(spark, lake_config, tmp_path):
+    """Spark skips `_`/`.` names in a folder and reads every file with one file's columns: here each file
+    is read or quarantined with its reason, and the good files' rows all arrive."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    catalog = tmp_path / "catalog"  # a Parquet folder, as Spark or pandas writes one
+    catalog.mkdir()
+    pq.write_table(pa.table({"item_id": [1, 2], "title": ["One", "Two"]}), catalog / "part-0.parquet")
+    pq.write_table(pa.table({"title": ["Three"], "item_id": [3]}), catalog / "part-1.parquet")  # same columns
+    pq.write_table(pa.table({"item_id": [4], "name": ["Four"]}), catalog / "part-2.parquet")  # no title
+    (catalog / "_SUCCESS").write_bytes(b"")
+    pq.write_table(pa.table({"item_id": [5], "title": ["Five"]}), catalog / ".part-3.parquet")
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n1,1,4.0,2026-11-20T10:00:00Z\n")
+    overviews = tmp_path / "overviews"
+    overviews.mkdir()
+    (overviews / "a.csv").write_text("item_id,overview\n1,About one\n")
+    (overviews / "b.csv").write_text("item_id,overview\n2,About two\n")
+    (overviews / "c.csv").write_text("overview,item_id\nAbout three,3\n")  # the same columns, another order
+    (overviews / "_d.csv").write_text("item_id,overview\n3,Hidden\n")
+
+    ds = dt.date(2026, 11, 25)
+    report = ingest(
+        spark, lake_config, ds=ds, catalog=catalog, interactions=tmp_path / "interactions.csv", overviews=overviews
+    )
+    assert_nothing_dropped(report)
+    catalog_rows = {row["item_id"]: row for row in rows(spark, lake_config, CATALOG)}
+    assert {item: row["title"] for item, row in catalog_rows.items()} == {1: "One", 2: "Two", 3: "Three"}
+    assert {item: row["overview"] for item, row in catalog_rows.items()} == {
+        1: "About one",
+        2: "About two",
+        3: None,
+    }
+    refused = {
+        Path(row["source_file"].removeprefix("file://")).name: row["reason"]
+        for row in rows(spark, lake_config, QUARANTINE)
+        if row["ds"] == ds and row["reason"].startswith("input")
+    }
+    hidden = "input file not used: a hidden name (Spark skips names starting with '_' or '.')"
+    assert refused == {
+        "part-2.parquet": "input refused: its columns ['item_id', 'name'] differ from ['item_id', 'title'] of part-0.parquet",
+        "_SUCCESS": hidden,
+        ".part-3.parquet": hidden,
+        "c.csv": "input refused: its columns ['overview', 'item_id'] differ from ['item_id', 'overview'] of a.csv",
+        "_d.csv": hidden,
+    }

@@ -232,3 +232,29 @@ def test_accounts_that_do_not_add_up_stop_the_run():
     assert "b.csv" in message and "6 rows read but 5 settled" in message
     assert "c.csv" in message and "6 physical records but rows spanning 4" in message
     assert "a.csv" not in message
+
+
+def test_input_files_of_a_folder_are_read_or_refused_with_a_reason(tmp_path):
+    from jobs.sources.input_files import HIDDEN_NAME, csv_header, input_files
+
+    assert input_files(tmp_path / "one.csv", csv_header).read == [tmp_path / "one.csv"]  # a file is itself
+    folder = tmp_path / "events"
+    (folder / "day=1").mkdir(parents=True)
+    (folder / "day=1" / "a.csv").write_text("user_id,item_id\n1,2\n")
+    (folder / "day=1" / "b.csv").write_text("user_id,item_id\n3,4\n")
+    (folder / "swapped.csv").write_text("item_id,user_id\n5,6\n")
+    (folder / ".d.csv").write_text("user_id,item_id\n7,8\n")
+    (folder / "_tmp").mkdir()
+    (folder / "_tmp" / "e.csv").write_text("user_id,item_id\n9,9\n")
+    (folder / "f.csv").write_text("x" * 50 + "\n")  # a header over the bound below
+    files = input_files(folder, lambda path: csv_header(path, 40))
+    assert files.read == [folder / "day=1" / "a.csv", folder / "day=1" / "b.csv"]
+    assert dict(files.refused) == {
+        folder / ".d.csv": HIDDEN_NAME,
+        folder / "_tmp" / "e.csv": HIDDEN_NAME,
+        folder
+        / "swapped.csv": "input refused: its columns ['item_id', 'user_id'] differ from ['user_id', 'item_id'] of a.csv",
+        folder / "f.csv": "input refused: its columns cannot be read (a header longer than 40 characters)",
+    }
+    as_sets = input_files(folder, lambda path: csv_header(path, 40), compare_as_set=True)
+    assert folder / "swapped.csv" in as_sets.read

@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from jobs.sources.canonical import META_FIELDS, require_file
+from jobs.sources.canonical import META_FIELDS, SourceError, require_file
 from jobs.sources.csv_records import (
     QUARANTINED_PREFIX_CHARS,
     UNTERMINATED_QUOTE,
@@ -30,6 +30,7 @@ from jobs.sources.csv_records import (
     assemble_csv_records,
     record_too_long,
 )
+from jobs.sources.input_files import InputFiles, csv_header, input_files, parquet_columns
 
 # The suffixes Hadoop's codec factory decompresses when Spark reads a text or CSV file. Python's
 # standard library reads gzip, bzip2 and raw deflate, so their size is checked before Spark reads them;
@@ -151,14 +152,15 @@ def _count_per_file(lines: DataFrame, header: bool) -> DataFrame:
     )
 
 
-def read_text_lines(spark: SparkSession, path: Path) -> DataFrame:
-    """(line, source_file, row_order): every physical line of a UTF-8 text file or folder, in file order.
+def read_text_lines(spark: SparkSession, path: Path, files: list[Path] | None = None) -> DataFrame:
+    """(line, source_file, row_order): every physical line of a UTF-8 text file or folder (or of `files`,
+    the folder's files to read), in file order.
 
     Spark's text source splits lines on \n, \r\n or \r and never looks at quotes. Invalid UTF-8 becomes
     U+FFFD here, as the CSV reader decodes it, so later checks see it and Delta stores valid text.
     """
     require_file(path)
-    return spark.read.text(str(path)).select(
+    return spark.read.text([str(file) for file in files] if files else str(path)).select(
         F.decode(F.encode("value", "UTF-8"), "UTF-8").alias("line"),
         F.col("_metadata.file_path").alias("source_file"),
         F.monotonically_increasing_id().alias("row_order"),
@@ -269,8 +271,10 @@ def read_csv_with_header(
     refusal = compressed_input_refusal(path, limits)
     if refusal:
         return _refused_input(spark, path, _bounded_header(path, limits), refusal)
-    header = spark.read.option("header", True).csv(str(path)).columns
-    lines = read_text_lines(spark, path)
+    files = input_files(path, lambda file: csv_header(file, limits.max_record_chars))
+    _require_some(path, files)
+    header = spark.read.option("header", True).csv(str(files.read[0])).columns
+    lines = read_text_lines(spark, path, files.read)
     per_file = _count_per_file(lines, header=True)
     if multiline:
         # One task per file: re-joining records needs its lines in order. Only small files (catalogs,
@@ -304,7 +308,7 @@ def read_csv_with_header(
     schema = ", ".join(f"`{name}` STRING" for name in header) + ", `_extra_field` STRING"
     parsed = F.from_csv(F.col("record"), schema, {"escape": '"'})
     extra_field = F.when(parsed["_extra_field"].isNotNull(), F.lit("malformed row: more fields than the header"))
-    return records.select(
+    rows = records.select(
         *(parsed[name].alias(name) for name in header),
         "source_file",
         "record",
@@ -314,13 +318,33 @@ def read_csv_with_header(
         "lines",
         "input_lines",
     )
+    return _with_refused_files(spark, rows, header, files)
+
+
+def _require_some(path: Path, files: InputFiles) -> None:
+    """A folder with no file to read is the caller's missing input, named with every file's reason."""
+    if not files.read:
+        reasons = "; ".join(f"{file.name}: {reason}" for file, reason in files.refused) or "it is empty"
+        raise SourceError(f"input {path} has no file to read ({reasons})")
+
+
+def _with_refused_files(spark: SparkSession, rows: DataFrame, columns: list[str], files: InputFiles) -> DataFrame:
+    """`rows` and one malformed row for each file of the input folder that was not read."""
+    for file, reason in files.refused:
+        rows = rows.unionByName(_refused_input(spark, file, columns, reason))
+    return rows
 
 
 def read_table_file(spark: SparkSession, path: Path, limits: RecordLimits, multiline: bool = False) -> DataFrame:
     """A CSV (with header) or Parquet file, every column as a string; `limits` and `multiline` as for a CSV."""
     if path.suffix.lower() in {".parquet", ".pq"} or path.is_dir():
         require_file(path)
-        df = spark.read.parquet(str(path)).select("*", F.col("_metadata.file_path").alias("source_file"))
+        files = input_files(path, parquet_columns, compare_as_set=True)
+        _require_some(path, files)
+        # basePath: a folder's partition columns (`key=value/` subfolders) stay columns when files are named.
+        reader = spark.read.option("basePath", str(path)) if path.is_dir() else spark.read
+        df = reader.parquet(*(str(file) for file in files.read))
+        df = df.select("*", F.col("_metadata.file_path").alias("source_file"))
         columns = [name for name in df.columns if name != "source_file"]
         # A Parquet file's rows are its physical records: counted per file, before any row is parsed.
         per_file = df.groupBy("source_file").count()
@@ -339,5 +363,5 @@ def read_table_file(spark: SparkSession, path: Path, limits: RecordLimits, multi
             F.lit(1).cast("long").alias("lines"),
             "input_lines",
         )
-        return df
+        return _with_refused_files(spark, df, columns, files)
     return read_csv_with_header(spark, path, limits, multiline)
