@@ -14,17 +14,8 @@ table has one as-of rule, and every stage reads through it:
 - `catalog` keeps the newest content only: its MERGE moves an item's content forward, never back
   (an older ds never overwrites what a newer ds wrote), and `first_seen_ds` is the earliest run date
   that read the item. Consumers read it as "the catalog now"; stages never do.
-- `interactions`: known by `ds` means happened by then *and* arrived by then (`interactions_known_by`):
-  `event_time` before the end of `ds` (ds + 1 day, 00:00 UTC) and `ingested_ds` on or before `ds`.
-  `ingested_ds` is the earliest run date whose ingest took the row in: ingest's MERGE keeps the smaller
-  date when a row is read again (`jobs.catalog_merge.merge_interactions`), so a re-run of an older date
-  whose source holds the row moves it back to that date, and one whose source never held it leaves it
-  where it is. An event dated D1 that first arrives in D2's source is therefore used from D2 on, and a
-  re-run of D1 on any later lake reads what D1's own night read. An event ingest held in `deferred`
-  (after its run date, or its item not yet available) gets the run date that takes it in, the first on
-  or after its due date. `interactions_as_of` adds the catalog: only events whose item is in the catalog
-  as of `ds`. Training, evaluation (`jobs.ranker_inputs.load_ranking_data`) and publish's seen pairs and
-  eligibility read through these two functions and nothing else.
+- `interactions`: events with `event_time` before the end of `ds` (ds + 1 day, 00:00 UTC) whose item is
+  in the catalog as of `ds` (`interactions_as_of`).
 - `features_<modality>`: rows are keyed by (item_id, content_hash) for the built-in modalities, so the
   vector of each content version stays; a date uses the row whose hash is its catalog's (imported
   vectors are not dated: one row per item).
@@ -132,15 +123,10 @@ def catalog_as_of(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> D
     return lake.conform(current.unionByName(dated_by_source), CATALOG)
 
 
-def interactions_known_by(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> DataFrame:
-    """`interactions` rows the lake knew by the end of `ds`: the event happened before the end of `ds` and
-    an ingest on or before `ds` took it in (module docstring). A late event, dated `ds` but first ingested
-    by a later date, is not among them."""
-    return lake.read_table(spark, config, INTERACTIONS).where(
-        (F.col("event_time") < F.lit(end_of_day(ds))) & (F.col("ingested_ds") <= F.lit(ds))
-    )
-
-
 def interactions_as_of(spark: SparkSession, config: PipelineConfig, ds: dt.date, catalog: DataFrame) -> DataFrame:
-    """`interactions_known_by(ds)` whose item is in `catalog` (the catalog as of `ds`)."""
-    return interactions_known_by(spark, config, ds).join(catalog.select("item_id"), "item_id", "left_semi")
+    """`interactions` rows with an event before the end of `ds` whose item is in `catalog` (as of `ds`)."""
+    return (
+        lake.read_table(spark, config, INTERACTIONS)
+        .where(F.col("event_time") < F.lit(end_of_day(ds)))
+        .join(catalog.select("item_id"), "item_id", "left_semi")
+    )

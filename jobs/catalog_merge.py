@@ -133,23 +133,14 @@ def merge_catalog(catalog: DeltaTable, staged: DataFrame, ds: dt.date, now: Colu
 
 
 def merge_interactions(table: DeltaTable, staged: DataFrame, ds: dt.date) -> None:
-    """`ds`'s events into `interactions`, keyed by `INTERACTION_KEY`: a new row gets `ingested_ds` = `ds`;
-    a row already there takes the new rating and weight, and keeps the earlier of its `ingested_ds` and
-    `ds`: the first run date whose ingest read it (`jobs.asof`). So a date re-run on a newer lake makes a
-    late event known on that date only when that date's own source holds it, and a newer date's rerun
-    never moves a row's date forward."""
     rows = lake.conform(staged.withColumn("ingested_ds", F.lit(ds)), INTERACTIONS)
     key = " AND ".join(f"t.{k} = s.{k}" for k in INTERACTION_KEY)
     (
         table.alias("t")
         .merge(rows.alias("s"), key)
         .whenMatchedUpdate(
-            condition="NOT (t.rating <=> s.rating) OR NOT (t.weight <=> s.weight) OR s.ingested_ds < t.ingested_ds",
-            set={
-                "rating": "s.rating",
-                "weight": "s.weight",
-                "ingested_ds": "least(t.ingested_ds, s.ingested_ds)",
-            },
+            condition="NOT (t.rating <=> s.rating) OR NOT (t.weight <=> s.weight)",
+            set={"rating": "s.rating", "weight": "s.weight"},
         )
         .whenNotMatchedInsertAll()
         .execute()

@@ -17,9 +17,9 @@ What analysts and services read is what this job writes, so nothing reaches the 
    `PublishGateError`.
 4. Write: one Delta commit replaces exactly the `ds` partition, so a rerun of a date leaves the same rows.
 
-Eligibility: users with at least one interaction the lake knew by the end of `ds` (`jobs.asof`: it
-happened and was ingested by then); items in the catalog as of `ds` (`jobs.asof`: known by then, never an
-item only a later date ingested) whose `available_from` is null or on or before `ds`, minus the user's own items. The item side is `item_vectors` of `fused_ds` =
+Eligibility: users with at least one interaction up to the end of `ds`; items in the catalog as of
+`ds` (`jobs.asof`: known by then, never an item only a later date ingested) whose `available_from` is
+null or on or before `ds`, minus the user's own items. The item side is `item_vectors` of `fused_ds` =
 `ds`, and the ranker is the one `train` chose for `ds`, never a newer one unless `--model-version` names it. Items nobody has interacted
 with yet are eligible too: the ranker ranks them from content (its cold regime). A user with fewer
 than K eligible items gets all of them. Items outside the ranker's candidate set score about −1e6
@@ -58,7 +58,7 @@ from pyspark.sql import functions as F
 
 from jobs import artifacts, lake, lake_identity, lease
 from jobs.arguments import LIST_LENGTH, optional_model_version, share
-from jobs.asof import interactions_known_by
+from jobs.asof import end_of_day
 from jobs.config import PipelineConfig, add_run_arguments, load_run_config
 from jobs.faults import crash_point
 from jobs.progress import stage_progress
@@ -72,7 +72,7 @@ from jobs.publish_gate import (
 )
 from jobs.ranker_inputs import RankingData, load_ranking_data
 from jobs.reports import Report, write_report
-from jobs.schemas import ITEM_VECTORS, RECOMMENDATIONS
+from jobs.schemas import INTERACTIONS, ITEM_VECTORS, RECOMMENDATIONS
 from jobs.serving import (
     USERS_PER_BLOCK,
     ServingPlan,
@@ -126,10 +126,14 @@ class PublishReport(Report):
 
 
 def seen_pairs(spark: SparkSession, config: PipelineConfig, ds: dt.date) -> DataFrame:
-    """(user_id, item_id) of every interaction the lake knew by the end of `ds` (`jobs.asof`), read from the
-    lake afresh, so the gate checks the lists against the table rather than against the models that made
-    them. A late event that a later date ingested is not seen on `ds`: `ds`'s own night did not know it."""
-    return interactions_known_by(spark, config, ds).select("user_id", "item_id").distinct()
+    """(user_id, item_id) of every interaction up to the end of `ds`, read from the lake afresh, so the
+    gate checks the lists against the table rather than against the models that made them."""
+    return (
+        lake.read_table(spark, config, INTERACTIONS)
+        .where(F.col("event_time") < F.lit(end_of_day(ds)))
+        .select("user_id", "item_id")
+        .distinct()
+    )
 
 
 def previous_partition(

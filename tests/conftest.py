@@ -81,7 +81,6 @@ LONGEST_FIRST = (
     "test_deployment.py",
     "test_crash_rerun.py",
     "test_ingest.py",
-    "test_late_events.py",
     "test_backfill.py",
     "test_extract.py",
     "test_asof.py",

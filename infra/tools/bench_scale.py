@@ -158,20 +158,22 @@ def bench_fraction(fraction: float, work: Path, k: int, seed: int = 0) -> list[S
 
 
 def als_peer(lake: str, ds: dt.date, k: int, out: Path) -> dict:
-    """Spark ALS fit + recommendForAllUsers(k) on the interactions the lake knew by `ds`, timed separately."""
+    """Spark ALS fit + recommendForAllUsers(k) on the lake's interactions up to `ds`, timed separately."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from jobs.asof import interactions_known_by
+    from jobs import lake as lake_tables
     from jobs.config import load_config
+    from jobs.schemas import INTERACTIONS
     from jobs.spark import spark_session
 
     config = load_config(lake=lake)
+    end_of_day = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time())
     with spark_session("modalrank-bench-als", config) as spark:
         started = time.monotonic()
-        # Through `jobs.asof`'s rule (happened and ingested by `ds`), as every stage reads, not a copy of it.
         pairs = (
-            interactions_known_by(spark, config, ds)
+            lake_tables.read_table(spark, config, INTERACTIONS)
+            .where(F.col("event_time") < F.lit(end_of_day))
             .select(F.col("user_id").cast("int").alias("user"), F.col("item_id").cast("int").alias("item"))
             .distinct()
             .withColumn("rating", F.lit(1.0).cast("float"))
