@@ -94,7 +94,8 @@ def test_a_job_whose_date_is_leased_fails_before_writing_anything(config, holder
     with pytest.raises(lease.LeaseBusyError, match=f"held by backfill \\(pid {holder.pid} "):
         run(None, config, DS)  # no Spark: the lease comes first
     written = sorted(str(p.relative_to(config.artifacts_dir)) for p in config.artifacts_dir.rglob("*"))
-    assert written == ["_locks", f"_locks/ds-{DS}.lock"]
+    # Only the lake's identity (bound by the holder, which took its lease first) and the lock files.
+    assert written == ["_lake_identity.json", "_locks", f"_locks/ds-{DS}.lock", "_locks/lake-identity.lock"]
 
 
 def test_train_waits_for_the_lease_of_its_training_week(config):
