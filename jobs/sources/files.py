@@ -10,7 +10,6 @@ and one that expands beyond `max_decompressed_bytes` is a single malformed row f
 from __future__ import annotations
 
 import bz2
-import csv
 import gzip
 import zlib
 from collections.abc import Callable, Iterator
@@ -111,17 +110,12 @@ def _bounded_header(path: Path, limits: RecordLimits) -> list[str]:
     at most `max_record_chars` of it), so its one row still has the columns its layout asks for. A
     header that cannot be read that way gives no columns: the reader then names the missing ones."""
     first = min(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else path
-    opener = _STDLIB_CODECS.get(first.suffix.lower())
-    if opener is None:
+    if first.suffix.lower() not in _STDLIB_CODECS:  # .deflate, .zst, ...: no bounded way to read a line
         return []
     try:
-        with opener(first, "rt", encoding="utf-8", errors="replace", newline="") as text:
-            line = text.readline(limits.max_record_chars + 1)
-    except (OSError, EOFError):
+        return csv_header(first, limits.max_record_chars)
+    except (OSError, EOFError, ValueError):
         return []
-    if len(line) > limits.max_record_chars:
-        return []
-    return next(csv.reader([line.rstrip("\r\n")]), [])
 
 
 def _bounded(line: str, limits: RecordLimits) -> tuple[Column, Column]:
